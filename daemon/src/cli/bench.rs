@@ -1,0 +1,71 @@
+//! `facegate bench ...`: measured figures, printed as a table or `--json`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::common::ModelArgs;
+use super::{bad_input, print_json};
+
+/// Benchmarks.
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Median and p95 ms per vision stage (decode, prepare, detect, align, embed) over still images.
+    Vision {
+        /// Directory of JPEG/PNG images (searched recursively; default ../shared/faces/dev).
+        #[arg(long, value_name = "DIR")]
+        images: Option<PathBuf>,
+        /// Timed repetitions per image.
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        models: ModelArgs,
+    },
+    /// Identify latency (median, p99) and memory of the 1:N matcher at 1k/10k/100k templates.
+    Match(super::bench_match::Args),
+}
+
+fn default_images() -> Option<PathBuf> {
+    [
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/faces/dev"),
+        PathBuf::from("../shared/faces/dev"),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+}
+
+/// Run a `bench` subcommand.
+pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Vision {
+            images,
+            iterations,
+            json,
+            models,
+        } => {
+            let dir = images
+                .or_else(default_images)
+                .ok_or_else(|| bad_input("no image directory: pass --images DIR"))?;
+            let files = facegate::bench::image_files(&dir)
+                .with_context(|| format!("listing {}", dir.display()))?;
+            if files.is_empty() {
+                return Err(bad_input(format!(
+                    "no JPEG/PNG images under {}",
+                    dir.display()
+                )));
+            }
+            let vision = models.load_vision()?;
+            let report = facegate::bench::vision(&vision, &files, iterations)?;
+            if json {
+                print_json(&report)
+            } else {
+                print!("{report}");
+                Ok(())
+            }
+        }
+        BenchCmd::Match(a) => super::bench_match::run(a),
+    }
+}

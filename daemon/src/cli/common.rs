@@ -1,0 +1,59 @@
+//! Options shared by every command that runs the vision core.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use facegate::hal::Frame;
+use facegate::models::{self, Manifest};
+use facegate::vision::{Vision, VisionConfig};
+
+use super::bad_input;
+
+/// Where the models are and which ones to run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Models directory (else $FACEGATE_MODELS, else the repository's models/, else /usr/share/facegate/models).
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// Detector model id from the manifest (yunet_640, yunet_320, yunet_dynamic, yunet_n_640).
+    #[arg(long, value_name = "ID")]
+    pub detector: Option<String>,
+    /// Minimum detector score.
+    #[arg(long, value_name = "S")]
+    pub score_threshold: Option<f32>,
+    /// Same-person cosine threshold (default 0.363, OpenCV's operating point).
+    #[arg(long, value_name = "T")]
+    pub threshold: Option<f32>,
+}
+
+impl ModelArgs {
+    /// The vision settings these flags describe (defaults for anything not given).
+    pub fn config(&self) -> VisionConfig {
+        let mut c = VisionConfig::default();
+        if let Some(d) = &self.detector {
+            c.detector.model = d.clone();
+        }
+        if let Some(s) = self.score_threshold {
+            c.detector.score_threshold = s;
+        }
+        if let Some(t) = self.threshold {
+            c.recognizer.threshold = t;
+        }
+        c
+    }
+
+    /// Verify and load the detector and embedder.
+    pub fn load_vision(&self) -> anyhow::Result<Vision> {
+        let c = self.config();
+        c.detector.validate().map_err(bad_input)?;
+        c.recognizer.validate().map_err(bad_input)?;
+        let dir = models::resolve_models_dir(self.models.as_deref());
+        Vision::load(&Manifest::embedded(), &dir, &c)
+            .with_context(|| format!("loading models from {}", dir.display()))
+    }
+}
+
+/// Decode an image file; an unreadable or corrupt file is bad input (exit 2).
+pub fn open_image(path: &std::path::Path) -> anyhow::Result<Frame> {
+    Frame::open(path).map_err(|e| bad_input(e.to_string()))
+}

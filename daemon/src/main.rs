@@ -1,0 +1,80 @@
+//! The `facegate` binary: the daemon and its operator/technician tools, one subcommand each.
+//!
+//! This is the binary edge: library errors become `anyhow` errors here, are printed once on
+//! stderr, and map to the exit-code contract in [`cli`] (0 ok, 2 bad input, 1 internal).
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// facegate: face-recognition door terminal.
+#[derive(Parser, Debug)]
+#[command(name = "facegate", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Detect faces and landmarks in an image.
+    Detect(cli::vision::DetectArgs),
+    /// Embed the largest face of an image (vector only with --json).
+    Embed(cli::vision::EmbedArgs),
+    /// Compare the largest faces of two images.
+    Compare(cli::vision::CompareArgs),
+    /// Install, verify and list the pinned model files.
+    #[command(subcommand)]
+    Models(cli::models::ModelsCmd),
+    /// Create, rotate and inspect the store's encryption keys (never prints key material).
+    Keys {
+        #[command(subcommand)]
+        cmd: cli::keys::Command,
+    },
+    /// Enrolled people: list, show, remove, export what is held (data-subject rights).
+    People {
+        #[command(subcommand)]
+        cmd: cli::people::Command,
+    },
+    /// The hash-chained audit log: verify or list.
+    Audit {
+        #[command(subcommand)]
+        cmd: cli::audit::Command,
+    },
+    /// Crypto-erase the store and its key (`--all --confirm`).
+    Erase(cli::erase::Args),
+    /// Measure performance (prints figures measured in this run).
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FACEGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Detect(a) => cli::vision::detect(a),
+        Command::Embed(a) => cli::vision::embed(a),
+        Command::Compare(a) => cli::vision::compare(a),
+        Command::Models(c) => cli::models::run(c),
+        Command::Bench(c) => cli::bench::run(c),
+        Command::Keys { cmd } => cli::keys::run(cmd),
+        Command::People { cmd } => cli::people::run(cmd),
+        Command::Audit { cmd } => cli::audit::run(cmd),
+        Command::Erase(a) => cli::erase::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("facegate: error: {e:#}");
+            ExitCode::from(cli::exit_code_for(&e))
+        }
+    }
+}

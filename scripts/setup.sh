@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install what building and testing facegate needs on a fresh Debian machine (idempotent).
+#
+# - libclang (build time only): the `v4l` crate's v4l2 backend generates bindings with bindgen.
+# - libturbojpeg0-dev: JPEG decoding with libjpeg-turbo, bit-identical with the reference pipeline.
+# - pkg-config: how turbojpeg-sys finds libturbojpeg.
+# - model files: verified copies from ../shared/models (or the upstream URLs), via the binary's
+#   own `models fetch`, done by the tests on first use as well.
+# Everything is installed from Debian packages; nothing is downloaded from elsewhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*-linux-gnu/libclang*.so* >/dev/null 2>&1 || need_pkgs+=(libclang1-14)
+dpkg -s libturbojpeg0-dev >/dev/null 2>&1 || need_pkgs+=(libturbojpeg0-dev)
+command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need Debian packages: ${need_pkgs[*]} (run as root or install them)" >&2
+    exit 1
+  fi
+  echo "setup: installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+fi
+echo "setup: system packages present"
