@@ -12,8 +12,22 @@ bash scripts/setup.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy (all targets, -D warnings)"
+echo "== cargo clippy (all targets, -D warnings; and the HAL with its Raspberry Pi GPIO feature)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p facegate-hal --all-targets --features gpio-rppal --locked -- -D warnings
+
+echo "== V4L2 backend against a real kernel driver (vivid in a QEMU VM)"
+# Exit 77 means "cannot run here" (reason printed); anything else non-zero is a failure.
+set +e
+bash tests/v4l2-vm/run.sh
+vm=$?
+set -e
+if [ "$vm" -eq 77 ]; then
+  echo "V4L2 VM test could not run on this machine (see the reason above)" >&2
+  [ "${CI:-}" = "true" ] && exit 1
+elif [ "$vm" -ne 0 ]; then
+  exit "$vm"
+fi
 
 echo "== cargo test --workspace"
 # --nocapture: the golden tests print the figures they measured (min same / max different, ...).

@@ -153,6 +153,12 @@ impl Embedder {
         self.model.load_time
     }
 
+    /// Version stored with every template: the first 12 hex digits of the model file's SHA-256,
+    /// so templates never silently match queries from different weights.
+    pub fn model_version(&self) -> &str {
+        &self.model.entry.sha256[..12]
+    }
+
     /// Run the network on NCHW [1,3,112,112] RGB 0-255 data and return the raw `fc1` output
     /// (not normalised). Exposed for golden tests against onnxruntime.
     pub fn run_nchw(&self, data: &[f32]) -> Result<Vec<f32>, EmbedError> {

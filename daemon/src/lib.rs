@@ -12,6 +12,7 @@
 //! - [`align`]: 5-point similarity warp onto the 112×112 template;
 //! - [`embed`]: SFace identity vectors and cosine similarity;
 //! - [`vision`]: the above wired together with one notion of "the face in this frame";
+//! - [`enroll`]: enrolment quality gates (one sharp, frontal, live face);
 //! - [`liveness`]: passive RGB anti-spoof (and the IR/depth checks);
 //! - [`store`]: the encrypted template store (redb + AES-256-GCM), audit log, event outbox;
 //! - [`matcher`]: the in-memory 1:N matcher with look-alike margin;
@@ -23,6 +24,7 @@ pub mod align;
 pub mod bench;
 pub mod detect;
 pub mod embed;
+pub mod enroll;
 pub mod liveness;
 pub mod matcher;
 pub mod models;

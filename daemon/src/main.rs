@@ -25,9 +25,17 @@ enum Command {
     Embed(cli::vision::EmbedArgs),
     /// Compare the largest faces of two images.
     Compare(cli::vision::CompareArgs),
+    /// Liveness checks on an image (passive RGB, optional IR and depth) and the fused verdict.
+    Liveness(cli::liveness::Args),
+    /// List V4L2 devices and the formats they offer.
+    Devices(cli::devices::Args),
     /// Install, verify and list the pinned model files.
     #[command(subcommand)]
     Models(cli::models::ModelsCmd),
+    /// Enrol a person from photos (quality gates, duplicate check, encrypted anchors).
+    Enroll(cli::enroll::EnrollArgs),
+    /// Identify the largest face of a photo against the store (liveness, match, margin).
+    Identify(cli::enroll::IdentifyArgs),
     /// Create, rotate and inspect the store's encryption keys (never prints key material).
     Keys {
         #[command(subcommand)]
@@ -54,8 +62,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FACEGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("FACEGATE_LOG").unwrap_or_else(|_| {
+                // tract warns that opset 21 is untested: expected for the folded SFace (the
+                // golden tests check its output), so it is not news for an operator.
+                tracing_subscriber::EnvFilter::new("warn,tract_onnx::model=error")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -64,7 +75,11 @@ fn main() -> ExitCode {
         Command::Embed(a) => cli::vision::embed(a),
         Command::Compare(a) => cli::vision::compare(a),
         Command::Models(c) => cli::models::run(c),
+        Command::Liveness(a) => cli::liveness::run(a),
+        Command::Devices(a) => cli::devices::run(a),
         Command::Bench(c) => cli::bench::run(c),
+        Command::Enroll(a) => cli::enroll::enroll(a),
+        Command::Identify(a) => cli::enroll::identify(a),
         Command::Keys { cmd } => cli::keys::run(cmd),
         Command::People { cmd } => cli::people::run(cmd),
         Command::Audit { cmd } => cli::audit::run(cmd),

@@ -25,6 +25,11 @@ use crate::store::{EMBEDDING_DIM, Result, Store, StoreError, Template};
 
 const LANES: usize = 16;
 
+/// Default look-alike margin: the best person must lead every other person by this much cosine.
+/// On the dev set same-person scores are ≥ 0.67 and different-person ≤ 0.29, so a genuine
+/// match leads by far more; 0.05 only bites when two enrolled people both match.
+pub const DEFAULT_MARGIN: f32 = 0.05;
+
 /// Acceptance thresholds, from configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MatchParams {

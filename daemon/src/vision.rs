@@ -44,6 +44,9 @@ pub enum VisionError {
     /// Embedder failure.
     #[error(transparent)]
     Embed(#[from] EmbedError),
+    /// The passive anti-spoof models failed to run.
+    #[error(transparent)]
+    Passive(#[from] crate::liveness::passive::PassiveError),
 }
 
 /// A frame at the working resolution, and how to map back to the original.

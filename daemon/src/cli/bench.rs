@@ -26,6 +26,8 @@ pub enum BenchCmd {
     },
     /// Identify latency (median, p99) and memory of the 1:N matcher at 1k/10k/100k templates.
     Match(super::bench_match::Args),
+    /// Presentation-attack detection figures (ISO/IEC 30107-3 APCER/BPCER) per check and fused.
+    Pad(super::bench_pad::Args),
 }
 
 fn default_images() -> Option<PathBuf> {
@@ -67,5 +69,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             }
         }
         BenchCmd::Match(a) => super::bench_match::run(a),
+        BenchCmd::Pad(a) => super::bench_pad::run(a),
     }
 }

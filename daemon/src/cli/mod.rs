@@ -41,9 +41,13 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 pub mod audit;
 pub mod bench;
 pub mod bench_match;
+pub mod bench_pad;
 pub mod common;
+pub mod devices;
+pub mod enroll;
 pub mod erase;
 pub mod keys;
+pub mod liveness;
 pub mod models;
 pub mod people;
 pub mod vision;
