@@ -4,6 +4,7 @@
 # - libclang (build time only): the `v4l` crate's v4l2 backend generates bindings with bindgen.
 # - libturbojpeg0-dev: JPEG decoding with libjpeg-turbo, bit-identical with the reference pipeline.
 # - pkg-config: how turbojpeg-sys finds libturbojpeg.
+# - mosquitto: the MQTT broker the fleet-sync tests start (their own instance, on a free port).
 # - model files: verified copies from ../shared/models (or the upstream URLs), via the binary's
 #   own `models fetch`, done by the tests on first use as well.
 # Everything is installed from Debian packages; nothing is downloaded from elsewhere.
@@ -14,6 +15,7 @@ need_pkgs=()
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*-linux-gnu/libclang*.so* >/dev/null 2>&1 || need_pkgs+=(libclang1-14)
 dpkg -s libturbojpeg0-dev >/dev/null 2>&1 || need_pkgs+=(libturbojpeg0-dev)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+[ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -169,6 +169,9 @@ impl std::fmt::Debug for Detector {
 
 const STRIDES: [usize; 3] = [8, 16, 32];
 
+/// Plans kept for distinct input sizes before the cache is reset.
+const MAX_PLANS: usize = 8;
+
 impl Detector {
     /// Verify and load the configured YuNet model from `dir` (planned for its nominal size).
     pub fn load(
@@ -177,13 +180,7 @@ impl Detector {
         config: DetectorConfig,
     ) -> Result<Self, ModelError> {
         config.validate().map_err(ModelError::Manifest)?;
-        let entry = manifest.get(&config.model)?;
-        if entry.role != Role::Detector {
-            return Err(ModelError::Manifest(format!(
-                "model `{}` is a {:?}, not a detector",
-                entry.id, entry.role
-            )));
-        }
+        let entry = manifest.get_role(&config.model, Role::Detector)?;
         let start = std::time::Instant::now();
         let bytes = models::read_verified(entry, dir)?;
         let max_side = config.max_side as usize;
@@ -211,6 +208,10 @@ impl Detector {
             return Ok(p.clone());
         }
         let p = models::plan_for_shape(&self.entry, &self.bytes, &[1, 3, size.1, size.0])?;
+        // A camera needs one size; a batch of photos many. Bound the memory plans can take.
+        if plans.len() >= MAX_PLANS {
+            plans.clear();
+        }
         plans.insert(size, p.clone());
         Ok(p)
     }

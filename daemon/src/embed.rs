@@ -127,13 +127,7 @@ impl Embedder {
         config: EmbedderConfig,
     ) -> Result<Self, ModelError> {
         config.validate().map_err(ModelError::Manifest)?;
-        let entry = manifest.get(&config.model)?;
-        if entry.role != Role::Recognizer {
-            return Err(ModelError::Manifest(format!(
-                "model `{}` is a {:?}, not a recognizer",
-                entry.id, entry.role
-            )));
-        }
+        let entry = manifest.get_role(&config.model, Role::Recognizer)?;
         let model = models::load_model(entry, dir, &[1, 3, CROP, CROP])?;
         Ok(Self { config, model })
     }

@@ -56,7 +56,7 @@ impl Default for QualityConfig {
 impl QualityConfig {
     /// Refuse values that would disable a gate by accident.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.min_face_px >= 16.0) {
+        if self.min_face_px.is_nan() || self.min_face_px < 16.0 {
             return Err(format!(
                 "enroll.min_face_px = {} must be >= 16",
                 self.min_face_px
@@ -65,7 +65,7 @@ impl QualityConfig {
         if !(0.0..1.0).contains(&self.min_detector_score) {
             return Err("enroll.min_detector_score must be in [0, 1)".into());
         }
-        if !(self.min_sharpness >= 0.0) {
+        if self.min_sharpness.is_nan() || self.min_sharpness < 0.0 {
             return Err("enroll.min_sharpness must be >= 0".into());
         }
         if !(self.max_yaw_index > 0.0 && self.max_yaw_index <= 1.0) {

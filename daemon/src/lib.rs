@@ -16,18 +16,22 @@
 //! - [`liveness`]: passive RGB anti-spoof (and the IR/depth checks);
 //! - [`store`]: the encrypted template store (redb + AES-256-GCM), audit log, event outbox;
 //! - [`matcher`]: the in-memory 1:N matcher with look-alike margin;
+//! - [`bundle`]: signed, site-encrypted template bundles from fleet operators;
+//! - [`mqtt`]: fleet sync over mutual-TLS MQTT (outbox publisher, status, bundles, commands);
 //! - [`bench`]: measured figures for every stage (never timed tests).
 
 #![warn(missing_docs)]
 
 pub mod align;
 pub mod bench;
+pub mod bundle;
 pub mod detect;
 pub mod embed;
 pub mod enroll;
 pub mod liveness;
 pub mod matcher;
 pub mod models;
+pub mod mqtt;
 pub mod onnx_fold;
 pub mod store;
 pub mod vision;

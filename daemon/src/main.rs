@@ -51,6 +51,9 @@ enum Command {
         #[command(subcommand)]
         cmd: cli::audit::Command,
     },
+    /// Fleet template bundles: keygen, create, inspect, apply (signed, site-encrypted).
+    #[command(subcommand)]
+    Bundle(cli::bundle::Command),
     /// Crypto-erase the store and its key (`--all --confirm`).
     Erase(cli::erase::Args),
     /// Measure performance (prints figures measured in this run).
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::People { cmd } => cli::people::run(cmd),
         Command::Audit { cmd } => cli::audit::run(cmd),
         Command::Erase(a) => cli::erase::run(a),
+        Command::Bundle(c) => cli::bundle::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -205,6 +205,19 @@ impl Manifest {
             .find(|m| m.id == id)
             .ok_or_else(|| ModelError::UnknownId(id.to_string()))
     }
+
+    /// Look a model up by id and check it plays `role`, so a config naming a detector where a
+    /// recogniser belongs fails at start-up with a clear message.
+    pub fn get_role(&self, id: &str, role: Role) -> Result<&ModelEntry, ModelError> {
+        let entry = self.get(id)?;
+        if entry.role != role {
+            return Err(ModelError::Manifest(format!(
+                "model `{}` is a {:?} model, not a {role:?} model",
+                entry.id, entry.role
+            )));
+        }
+        Ok(entry)
+    }
 }
 
 /// The repository's `models/` directory this binary was built from, if it still exists.

@@ -184,3 +184,17 @@ pub fn passive() -> &'static facegate::liveness::PassiveAntiSpoof {
         .expect("anti-spoof models load")
     })
 }
+
+/// Run the CLI, require exit 0, and parse its stdout as one JSON value.
+pub fn run_cli_json(args: &[&str]) -> serde_json::Value {
+    let out = run_cli(args);
+    assert!(
+        out.status.success(),
+        "facegate {args:?}: exit {:?}, stderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
+pub mod mosquitto;

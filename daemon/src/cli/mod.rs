@@ -42,6 +42,7 @@ pub mod audit;
 pub mod bench;
 pub mod bench_match;
 pub mod bench_pad;
+pub mod bundle;
 pub mod common;
 pub mod devices;
 pub mod enroll;

@@ -24,7 +24,7 @@ use crate::models::{self, LoadedModel, Manifest, ModelError, Role};
 /// Default: live score = 0.5·p(V2) + 0.1·p(V1SE) + 0.4·p(minifas_128), pass at ≥ 0.5. The weights
 /// were chosen on the labelled fixture set (`shared/faces/spoof`, the only one we have), where
 /// MiniFASNetV1SE is the weakest of the three: there it passes 1 of 48 prints and 0 of 13 replays at
-/// a BPCER of 2 of 65 (one of them a capture with no detectable face). Expect worse on unseen
+/// a BPCER of 2 of 65 (`facegate bench pad` measures it; see `docs/liveness.md`). Expect worse on unseen
 /// attacks: the passive check is one layer of several (frames, IR, depth).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -82,11 +82,11 @@ pub struct PassiveScores {
     pub v1se_logits: [f32; 3],
     /// minifas_128 logits (index 0 = live).
     pub m128_logits: [f32; 2],
-    /// softmax(V2)[1].
+    /// Live probability of MiniFASNetV2: `softmax(v2_logits)` at index 1.
     pub v2_live: f32,
-    /// softmax(V1SE)[1].
+    /// Live probability of MiniFASNetV1SE: `softmax(v1se_logits)` at index 1.
     pub v1se_live: f32,
-    /// softmax(m128)[0].
+    /// Live probability of minifas_128: `softmax(m128_logits)` at index 0.
     pub m128_live: f32,
     /// Weighted fusion, the number compared with the threshold.
     pub fused: f32,
@@ -130,12 +130,7 @@ fn load(
     id: &str,
     side: usize,
 ) -> Result<LoadedModel, ModelError> {
-    let e = manifest.get(id)?;
-    if e.role != Role::Antispoof {
-        return Err(ModelError::Manifest(format!(
-            "model `{id}` is not an anti-spoof model"
-        )));
-    }
+    let e = manifest.get_role(id, Role::Antispoof)?;
     models::load_model(e, dir, &[1, 3, side, side])
 }
 

@@ -29,6 +29,7 @@
 //! can have the store open; other processes get [`StoreError::Locked`].
 
 pub mod audit;
+pub mod bundle_apply;
 pub mod crypto;
 pub mod error;
 pub mod keys;
