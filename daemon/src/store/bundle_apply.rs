@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use super::audit::{AuditAction, AuditEvent};
 use super::error::{Result, StoreError};
 use super::people::{
-    EMBEDDING_DIM, MAX_TEMPLATES_PER_PERSON, NewPerson, NewTemplate, TemplateMeta, validate_id,
+    self, MAX_TEMPLATES_PER_PERSON, NewPerson, NewTemplate, TemplateMeta, validate_id,
 };
 use super::schema::{META, PEOPLE, TEMPLATES, meta};
 use super::{Store, now_unix};
@@ -75,23 +75,20 @@ fn invalid(msg: impl Into<String>) -> StoreError {
     StoreError::InvalidInput(msg.into())
 }
 
-fn check_text(what: &str, s: &str) -> Result<()> {
-    if s.len() > 256 || s.chars().any(char::is_control) {
-        return Err(invalid(format!(
-            "{what} must be at most 256 bytes without control characters"
-        )));
-    }
-    Ok(())
-}
-
+/// The same checks `Store::add_people` applies (one definition in `people.rs`), with the person
+/// named in the message because a bundle carries many.
 fn check_person(person: &NewPerson, templates: &[NewTemplate]) -> Result<()> {
     validate_id(&person.id)?;
+    let named = |e: StoreError| match e {
+        StoreError::InvalidInput(m) => invalid(format!("person {}: {m}", person.id)),
+        other => other,
+    };
     if person.label.is_empty() {
         return Err(invalid(format!("person {}: label is empty", person.id)));
     }
-    check_text("label", &person.label)?;
+    people::validate_text("label", &person.label).map_err(named)?;
     if let Some(e) = &person.external_id {
-        check_text("external id", e)?;
+        people::validate_text("external id", e).map_err(named)?;
     }
     if templates.is_empty() || templates.len() > MAX_TEMPLATES_PER_PERSON {
         return Err(invalid(format!(
@@ -99,49 +96,10 @@ fn check_person(person: &NewPerson, templates: &[NewTemplate]) -> Result<()> {
             person.id
         )));
     }
-    for t in templates {
-        if t.vector.len() != EMBEDDING_DIM {
-            return Err(invalid(format!(
-                "person {}: template has {} values, expected {EMBEDDING_DIM}",
-                person.id,
-                t.vector.len()
-            )));
-        }
-        if !t.vector.iter().all(|v| v.is_finite())
-            || t.vector.iter().map(|v| v * v).sum::<f32>() < 1e-12
-        {
-            return Err(invalid(format!(
-                "person {}: template is non-finite or zero",
-                person.id
-            )));
-        }
-        for s in [&t.model_id, &t.model_version] {
-            if s.is_empty() {
-                return Err(invalid(format!(
-                    "person {}: empty model id/version",
-                    person.id
-                )));
-            }
-            check_text("model id", s)?;
-        }
-        if t.quality
-            .iter()
-            .any(|(k, v)| k.len() > 64 || !v.is_finite())
-        {
-            return Err(invalid(
-                "quality figures need short names and finite values",
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn template_row(person: &str, seq: u64) -> Vec<u8> {
-    let mut r = Vec::with_capacity(person.len() + 9);
-    r.extend_from_slice(person.as_bytes());
-    r.push(0);
-    r.extend_from_slice(&seq.to_be_bytes());
-    r
+    templates
+        .iter()
+        .try_for_each(people::validate_template)
+        .map_err(named)
 }
 
 fn parse_version(bytes: &[u8]) -> Result<u64> {
@@ -307,16 +265,8 @@ impl Store {
                 quality: t.quality.clone(),
                 created: now,
             };
-            let header =
-                serde_json::to_vec(&tm).map_err(|_| invalid("unserialisable template metadata"))?;
-            let mut plain =
-                Zeroizing::new(Vec::with_capacity(4 + header.len() + 4 * EMBEDDING_DIM));
-            plain.extend_from_slice(&(header.len() as u32).to_be_bytes());
-            plain.extend_from_slice(&header);
-            for v in t.vector.iter() {
-                plain.extend_from_slice(&v.to_le_bytes());
-            }
-            let sealed = self.seal_row("templates", &template_row(id, seq), &plain)?;
+            let plain = people::encode_template(&tm, &t.vector)?;
+            let sealed = self.seal_row("templates", &people::template_row(id, seq), &plain)?;
             table.insert((id, seq), sealed.as_slice())?;
         }
         Ok(templates.len())
@@ -334,7 +284,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Kek, KekSource, SecretKey};
+    use crate::store::{EMBEDDING_DIM, Kek, KekSource, SecretKey};
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();

@@ -224,7 +224,7 @@ pub fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_text(what: &str, s: &str) -> Result<()> {
+pub(super) fn validate_text(what: &str, s: &str) -> Result<()> {
     if s.len() > MAX_TEXT || s.chars().any(char::is_control) {
         return Err(invalid(format!(
             "{what} must be at most {MAX_TEXT} bytes without control characters"
@@ -233,7 +233,7 @@ fn validate_text(what: &str, s: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_template(t: &NewTemplate) -> Result<()> {
+pub(super) fn validate_template(t: &NewTemplate) -> Result<()> {
     if t.vector.len() != EMBEDDING_DIM {
         return Err(invalid(format!(
             "template has {} values, expected {EMBEDDING_DIM}",
@@ -266,7 +266,7 @@ fn validate_template(t: &NewTemplate) -> Result<()> {
     Ok(())
 }
 
-fn template_row(person: &str, seq: u64) -> Vec<u8> {
+pub(super) fn template_row(person: &str, seq: u64) -> Vec<u8> {
     let mut r = Vec::with_capacity(person.len() + 9);
     r.extend_from_slice(person.as_bytes());
     r.push(0);
@@ -275,7 +275,7 @@ fn template_row(person: &str, seq: u64) -> Vec<u8> {
 }
 
 /// Plaintext layout: `[u32 BE header length][header JSON][EMBEDDING_DIM × f32 LE]`.
-fn encode_template(meta: &TemplateMeta, vector: &[f32]) -> Result<Zeroizing<Vec<u8>>> {
+pub(super) fn encode_template(meta: &TemplateMeta, vector: &[f32]) -> Result<Zeroizing<Vec<u8>>> {
     let header =
         serde_json::to_vec(meta).map_err(|_| invalid("unserialisable template metadata"))?;
     let mut out = Zeroizing::new(Vec::with_capacity(4 + header.len() + 4 * vector.len()));
