@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 faces="${FACEGATE_FACES:-../shared/faces}"
 [ -d "$faces/dev" ] || { echo "try: fixtures not found at $faces (set FACEGATE_FACES)" >&2; exit 2; }
 
+bash scripts/setup.sh
 cargo build --release -q -p facegate
 bin="${CARGO_TARGET_DIR:-target}/release/facegate"
 "$bin" models fetch

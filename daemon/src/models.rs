@@ -238,7 +238,7 @@ pub fn resolve_models_dir(flag: Option<&Path>) -> PathBuf {
     }
     let repo = repo_models_dir();
     if repo.join("models.toml").is_file() {
-        return repo;
+        return repo.canonicalize().unwrap_or(repo);
     }
     PathBuf::from(SYSTEM_MODELS_DIR)
 }
