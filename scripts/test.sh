@@ -31,6 +31,12 @@ fi
 
 echo "== cargo test --workspace"
 # --nocapture: the golden tests print the figures they measured (min same / max different, ...).
-cargo test --workspace --locked -- --nocapture
+# --all-targets: unit, integration and example targets (the crates have no doc tests to run).
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --all-targets --locked -- --nocapture 2>&1 | tee "$log"
+# One closing line with the totals over every test binary.
+totals=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { printf "%d passed, %d failed", p, f }' "$log")
 
 echo "== done in $(( $(date +%s) - start )) s"
+echo "tests: ${totals}"
