@@ -181,6 +181,22 @@ fn rate_cell(r: &Rates, species: &str) -> String {
         .map_or("n/a".to_string(), |x| x.to_string())
 }
 
+/// The row for the threshold that meets the BPCER target, or a line saying none does.
+fn print_operating_point(p: Option<&OperatingPoint>, max_bpcer: f64, species: &[String]) {
+    match p {
+        Some(p) => print_row(
+            &format!("  at BPCER <= {:.0}%", max_bpcer * 100.0),
+            p.threshold,
+            &p.rates,
+            species,
+        ),
+        None => println!(
+            "    no threshold reaches BPCER <= {:.0}%",
+            max_bpcer * 100.0
+        ),
+    }
+}
+
 fn print_row(label: &str, thr: f32, r: &Rates, species: &[String]) {
     let mut line = format!("  {label:<34} {thr:>6.3}");
     for s in species {
@@ -391,18 +407,7 @@ fn print_report(r: &Report) {
     println!("{head}  {:>18}", "BPCER");
     for c in &r.checks {
         print_row(c.name, c.default.threshold, &c.default.rates, &species);
-        match &c.at_max_bpcer {
-            Some(p) => print_row(
-                &format!("  at BPCER <= {:.0}%", r.max_bpcer * 100.0),
-                p.threshold,
-                &p.rates,
-                &species,
-            ),
-            None => println!(
-                "    no threshold reaches BPCER <= {:.0}%",
-                r.max_bpcer * 100.0
-            ),
-        }
+        print_operating_point(c.at_max_bpcer.as_ref(), r.max_bpcer, &species);
     }
     let s = &r.fused_k_of_n;
     println!();
@@ -416,18 +421,7 @@ fn print_report(r: &Report) {
         &s.default.rates,
         &species,
     );
-    match &s.at_max_bpcer {
-        Some(p) => print_row(
-            &format!("  at BPCER <= {:.0}%", r.max_bpcer * 100.0),
-            p.threshold,
-            &p.rates,
-            &species,
-        ),
-        None => println!(
-            "    no threshold reaches BPCER <= {:.0}%",
-            r.max_bpcer * 100.0
-        ),
-    }
+    print_operating_point(s.at_max_bpcer.as_ref(), r.max_bpcer, &species);
     println!(
         "note: the fused passive weights were chosen on this same set; expect worse on unseen attacks."
     );
