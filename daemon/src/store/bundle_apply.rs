@@ -15,13 +15,13 @@
 //! API so the two writers cannot drift apart silently.
 
 use redb::{ReadableTable, WriteTransaction};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::audit::{AuditAction, AuditEvent};
 use super::error::{Result, StoreError};
 use super::people::{
-    self, MAX_TEMPLATES_PER_PERSON, NewPerson, NewTemplate, TemplateMeta, validate_id,
+    self, MAX_TEMPLATES_PER_PERSON, NewPerson, NewTemplate, PersonRecord, TemplateMeta, validate_id,
 };
 use super::schema::{META, PEOPLE, TEMPLATES, meta};
 use super::{Store, now_unix};
@@ -60,15 +60,6 @@ pub struct BundleApplyReport {
     pub templates: usize,
     /// Whether thresholds were recorded.
     pub thresholds: bool,
-}
-
-/// Sealed person record; same JSON shape as `people::PersonRecord`.
-#[derive(Serialize, Deserialize)]
-struct PersonRecord {
-    label: String,
-    external_id: Option<String>,
-    created: u64,
-    updated: u64,
 }
 
 fn invalid(msg: impl Into<String>) -> StoreError {

@@ -155,13 +155,13 @@ impl std::fmt::Debug for Person {
     }
 }
 
-/// Sealed part of a person row.
+/// Sealed part of a person row (also written by bundle application).
 #[derive(Serialize, Deserialize)]
-struct PersonRecord {
-    label: String,
-    external_id: Option<String>,
-    created: u64,
-    updated: u64,
+pub(super) struct PersonRecord {
+    pub(super) label: String,
+    pub(super) external_id: Option<String>,
+    pub(super) created: u64,
+    pub(super) updated: u64,
 }
 
 /// Listing line: the person plus template counts.
