@@ -805,8 +805,9 @@ impl DepthSource for V4l2Depth {
 // ---------------------------------------------------------------------------------------------
 // Device listing.
 
-/// One frame size a format supports.
-#[derive(Debug, Clone, PartialEq)]
+/// One frame size a format supports. Serialises as the bare field map (`facegate devices --json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
 pub enum FrameSizeInfo {
     /// A fixed size, with the frame rates offered at it.
     Discrete {

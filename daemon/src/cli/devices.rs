@@ -5,7 +5,7 @@
 //! "formats":[{"fourcc","description","supported":"YUYV"|null,"sizes":[..]}]}|{"path"?,"error"}]}`.
 //! A machine without `/dev/video*` is not an error: the list is empty and the exit code 0.
 
-use facegate::hal::v4l2::{self, DeviceInfo, FrameSizeInfo};
+use facegate::hal::v4l2::{self, DeviceInfo};
 use serde_json::{Value, json};
 
 use super::print_json;
@@ -23,31 +23,11 @@ fn device_json(d: &DeviceInfo) -> Value {
         .formats
         .iter()
         .map(|f| {
-            let sizes: Vec<Value> = f
-                .sizes
-                .iter()
-                .map(|s| match s {
-                    FrameSizeInfo::Discrete { width, height, fps } => {
-                        json!({"width": width, "height": height, "fps": fps})
-                    }
-                    FrameSizeInfo::Stepwise {
-                        min_width,
-                        max_width,
-                        step_width,
-                        min_height,
-                        max_height,
-                        step_height,
-                    } => json!({
-                        "min_width": min_width, "max_width": max_width, "step_width": step_width,
-                        "min_height": min_height, "max_height": max_height, "step_height": step_height,
-                    }),
-                })
-                .collect();
             json!({
                 "fourcc": f.fourcc,
                 "description": f.description,
                 "supported": f.supported.map(|p| String::from_utf8_lossy(&p.fourcc()).trim_end().to_string()),
-                "sizes": sizes,
+                "sizes": f.sizes,
             })
         })
         .collect();

@@ -545,24 +545,6 @@ impl Store {
             .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
     }
 
-    /// Record that a bundle was applied, with its audit entry, in one transaction.
-    pub fn set_bundle_version(&self, version: &str, actor: &str) -> Result<()> {
-        let txn = self.begin_write()?;
-        txn.open_table(META)?
-            .insert(meta::BUNDLE_VERSION, version.as_bytes())?;
-        self.audit_in(
-            &txn,
-            &AuditEvent::ok(
-                actor,
-                AuditAction::BundleApplied,
-                None,
-                Some(format!("bundle {version}")),
-            ),
-        )?;
-        txn.commit()?;
-        Ok(())
-    }
-
     /// Every write goes through here: quick-repair keeps the file readable after any crash.
     fn begin_write(&self) -> Result<WriteTransaction> {
         let mut txn = self.db.begin_write()?;
