@@ -12,7 +12,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*-linux-gnu/libclang*.so* >/dev/null 2>&1 || need_pkgs+=(libclang1-14)
+# bindgen needs libclang itself (libclang.so* / libclang-NN.so*); libclang-cpp, which some
+# machines carry for other reasons, is a different library and does not count.
+have_libclang() {
+  local f
+  for f in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
+    /usr/lib/*-linux-gnu/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so*; do
+    [ -e "$f" ] && return 0
+  done
+  return 1
+}
+have_libclang || need_pkgs+=(libclang1-14)
 dpkg -s libturbojpeg0-dev >/dev/null 2>&1 || need_pkgs+=(libturbojpeg0-dev)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
