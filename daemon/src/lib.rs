@@ -18,6 +18,15 @@
 //! - [`matcher`]: the in-memory 1:N matcher with look-alike margin;
 //! - [`bundle`]: signed, site-encrypted template bundles from fleet operators;
 //! - [`mqtt`]: fleet sync over mutual-TLS MQTT (outbox publisher, status, bundles, commands);
+//! - [`sensors`]: the optional IR and depth sensors, paired with RGB frames by capture time;
+//! - [`pipeline`]: capture → detect → liveness → embed → match → decision, on blocking threads;
+//! - [`door`]: the relay pulse, its hard cap, door contact and exit button (fail-secure);
+//! - [`throttle`]: failed-attempt throttling;
+//! - [`events`]: decisions and door changes → journal fields and outbox events;
+//! - [`service`]: start-up order, systemd notification and watchdog ([`notify`]), shutdown;
+//!   [`config`] is its file, [`logging`] its journal, [`fleet`] its MQTT side;
+//! - [`doctor`]: on-site checks, each with a fix hint;
+//! - [`demo`]: the scripted end-to-end session with SIMULATED devices;
 //! - [`bench`]: measured figures for every stage (never timed tests).
 
 #![warn(missing_docs)]
@@ -25,15 +34,27 @@
 pub mod align;
 pub mod bench;
 pub mod bundle;
+pub mod config;
+pub mod demo;
 pub mod detect;
+pub mod doctor;
+pub mod door;
 pub mod embed;
 pub mod enroll;
+pub mod events;
+pub mod fleet;
 pub mod liveness;
+pub mod logging;
 pub mod matcher;
 pub mod models;
 pub mod mqtt;
+pub mod notify;
 pub mod onnx_fold;
+pub mod pipeline;
+pub mod sensors;
+pub mod service;
 pub mod store;
+pub mod throttle;
 pub mod vision;
 
 pub use facegate_hal as hal;

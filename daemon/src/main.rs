@@ -19,6 +19,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the door terminal service (systemd unit: facegate.service).
+    Run(cli::daemon::RunArgs),
+    /// Scripted session with SIMULATED camera and relay: enrol, then four arrivals.
+    Demo(cli::daemon::DemoArgs),
+    /// Check configuration, models, store, camera, GPIO, broker, clock and disk (stop the service first).
+    Doctor(cli::daemon::DoctorArgs),
     /// Detect faces and landmarks in an image.
     Detect(cli::vision::DetectArgs),
     /// Embed the largest face of an image (vector only with --json).
@@ -63,17 +69,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FACEGATE_LOG").unwrap_or_else(|_| {
-                // tract warns that opset 21 is untested: expected for the folded SFace (the
-                // golden tests check its output), so it is not news for an operator.
-                tracing_subscriber::EnvFilter::new("warn,tract_onnx::model=error")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The service logs to the journal (info); tools and the demo to stderr (warn).
+    match cli.command {
+        Command::Run(_) => facegate::logging::init(true, "info"),
+        _ => facegate::logging::init(false, "warn"),
+    };
     let result = match cli.command {
+        Command::Run(a) => cli::daemon::run(a),
+        Command::Demo(a) => cli::daemon::demo(a),
+        Command::Doctor(a) => cli::daemon::doctor(a),
         Command::Detect(a) => cli::vision::detect(a),
         Command::Embed(a) => cli::vision::embed(a),
         Command::Compare(a) => cli::vision::compare(a),

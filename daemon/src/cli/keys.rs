@@ -20,17 +20,35 @@ pub struct StoreArgs {
     /// [default: systemd credential $CREDENTIALS_DIRECTORY/facegate.key]
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
+    /// Daemon configuration whose [paths] store/key_file apply when the flags are not given
+    #[arg(long, value_name = "FILE", env = "FACEGATE_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 impl StoreArgs {
+    fn configured(&self) -> anyhow::Result<facegate::config::PathsConfig> {
+        match &self.config {
+            None => Ok(Default::default()),
+            Some(p) => Ok(facegate::config::Config::load(p)
+                .map_err(|e| bad_input(e.to_string()))?
+                .paths),
+        }
+    }
+
+    /// The key file: `--key-file`, else the configuration's `[paths] key_file`.
+    pub fn key_file(&self) -> anyhow::Result<Option<PathBuf>> {
+        Ok(self.key_file.clone().or(self.configured()?.key_file))
+    }
+
     /// Resolved store path (bad input if none can be determined).
     pub fn path(&self) -> anyhow::Result<PathBuf> {
-        resolve_store_path(self.store.as_deref(), None).map_err(store_err)
+        let configured = self.configured()?.store;
+        resolve_store_path(self.store.as_deref(), configured.as_deref()).map_err(store_err)
     }
 
     /// Load the key and open the store, mapping caller mistakes to exit code 2.
     pub fn open(&self) -> anyhow::Result<Store> {
-        let kek = Kek::resolve(self.key_file.as_deref()).map_err(store_err)?;
+        let kek = Kek::resolve(self.key_file()?.as_deref()).map_err(store_err)?;
         Store::open(&self.path()?, &kek).map_err(store_err)
     }
 }
@@ -102,7 +120,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                     .ok_or_else(|| bad_input("--create-key-file needs --key-file PATH"))?;
                 Kek::generate_key_file(kf).map_err(store_err)?
             } else {
-                Kek::resolve(store.key_file.as_deref()).map_err(store_err)?
+                Kek::resolve(store.key_file()?.as_deref()).map_err(store_err)?
             };
             let s = Store::create(&path, &kek, &local_actor()).map_err(store_err)?;
             if json {
@@ -120,7 +138,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Rotate { store, json } => {
             let path = store.path()?;
-            let kf = match Kek::resolve(store.key_file.as_deref())
+            let kf = match Kek::resolve(store.key_file()?.as_deref())
                 .map_err(store_err)?
                 .source()
             {
@@ -149,7 +167,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             let path = store.path()?;
             let info = Store::inspect(&path).map_err(store_err)?;
             let (mut presented, mut source, mut unlocks, mut problem) = (None, None, false, None);
-            match Kek::resolve(store.key_file.as_deref()) {
+            match Kek::resolve(store.key_file()?.as_deref()) {
                 Ok(kek) => {
                     presented = Some(kek.id().to_string());
                     source = Some(match kek.source() {
@@ -215,5 +233,5 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
 
 /// Shared by `erase`: destroy the store (and key file if given).
 pub(crate) fn erase(store: &StoreArgs) -> anyhow::Result<keys::EraseReport> {
-    keys::erase_all(&store.path()?, store.key_file.as_deref()).map_err(store_err)
+    keys::erase_all(&store.path()?, store.key_file()?.as_deref()).map_err(store_err)
 }

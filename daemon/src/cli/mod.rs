@@ -44,6 +44,7 @@ pub mod bench_match;
 pub mod bench_pad;
 pub mod bundle;
 pub mod common;
+pub mod daemon;
 pub mod devices;
 pub mod enroll;
 pub mod erase;

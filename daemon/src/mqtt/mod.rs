@@ -28,6 +28,8 @@
 //! default `mqtt-ca.pem`, `mqtt-cert.pem` and `mqtt-key.pem` in systemd's
 //! `$CREDENTIALS_DIRECTORY` (`LoadCredential[Encrypted]=`).
 
+pub mod commands;
+pub mod probe;
 pub mod publisher;
 pub mod status;
 pub mod tls;
@@ -39,7 +41,10 @@ use serde::Deserialize;
 
 use crate::store::StoreError;
 
-pub use publisher::{AccessEvent, Decision, FleetHandle, FleetLink, LinkStats, record_event};
+pub use probe::probe;
+pub use publisher::{
+    AccessEvent, Decision, EventKind, FleetHandle, FleetLink, LinkStats, record_event,
+};
 pub use status::StatusSource;
 
 /// Versioned topic prefix; bump the version when payloads change incompatibly.
@@ -110,9 +115,12 @@ pub struct MqttConfig {
     /// Broker TLS port.
     #[serde(default = "default_port")]
     pub port: u16,
-    /// Site id (topic segment).
+    /// Site id (topic segment); filled from the daemon's `[device]` table when empty.
+    #[serde(default)]
     pub site: String,
-    /// Device id: topic segment, MQTT client id, and the broker's username (certificate CN).
+    /// Device id: topic segment, MQTT client id, and the broker's username (certificate CN);
+    /// filled from the daemon's `[device]` table when empty.
+    #[serde(default)]
     pub device: String,
     /// CA certificate (PEM) the broker's certificate must chain to; nothing else is trusted.
     #[serde(default)]

@@ -55,13 +55,43 @@ pub enum Decision {
     Denied,
 }
 
+/// TEMPORARY shim until the fleet-sync branch lands: what kind of event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Face access decision.
+    Access,
+    /// Door unlocked / contact open.
+    DoorOpened,
+    /// Door relocked / contact closed.
+    DoorClosed,
+    /// Door held open.
+    DoorHeldOpen,
+    /// Door forced.
+    DoorForced,
+    /// Exit button.
+    ExitButton,
+    /// Throttled.
+    Throttled,
+    /// Remote open.
+    RemoteOpen,
+    /// Outbox overflow summary.
+    OutboxOverflow,
+    /// Hardware fault.
+    Fault,
+}
+
 /// What the pipeline reports about one access attempt.
 #[derive(Debug, Clone)]
 pub struct AccessEvent {
+    /// Kind.
+    pub kind: EventKind,
     /// Matched person id; `None` publishes `unknown`.
     pub person_id: Option<String>,
     /// Decision.
-    pub decision: Decision,
+    pub decision: Option<Decision>,
+    /// Detail.
+    pub detail: Option<String>,
     /// Best match score, if a face was matched.
     pub match_score: Option<f32>,
     /// Liveness score, if measured.
@@ -74,8 +104,12 @@ pub struct AccessEvent {
 struct EventJson<'a> {
     event_id: String,
     device: &'a str,
+    kind: EventKind,
     person_id: &'a str,
-    decision: Decision,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<Decision>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     match_score: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,6 +130,7 @@ pub fn record_event(
     store: &Store,
     device: &str,
     ev: &AccessEvent,
+    _limits: &crate::store::OutboxLimits,
 ) -> std::result::Result<(uuid::Uuid, u64), StoreError> {
     let id = uuid::Uuid::now_v7();
     let ms = std::time::SystemTime::now()
@@ -105,8 +140,10 @@ pub fn record_event(
     let j = EventJson {
         event_id: id.to_string(),
         device,
+        kind: ev.kind,
         person_id: ev.person_id.as_deref().unwrap_or("unknown"),
         decision: ev.decision,
+        detail: ev.detail.as_deref(),
         match_score: round3(ev.match_score),
         liveness_score: round3(ev.liveness_score),
         reason: &ev.reason,
@@ -275,6 +312,11 @@ impl FleetLink {
             },
             handle,
         ))
+    }
+
+    /// TEMPORARY shim until the fleet-sync branch lands (commands are not forwarded yet).
+    pub fn with_commands(self, _tx: mpsc::Sender<super::commands::RemoteCommand>) -> Self {
+        self
     }
 
     /// Run until [`FleetHandle::shutdown`]. Connection problems are retried forever with
@@ -642,12 +684,15 @@ mod tests {
             &store,
             "door-1",
             &AccessEvent {
+                kind: EventKind::Access,
+                detail: None,
                 person_id: None,
-                decision: Decision::Denied,
+                decision: Some(Decision::Denied),
                 match_score: Some(0.123_456),
                 liveness_score: Some(f32::NAN),
                 reason: "no_match".into(),
             },
+            &crate::store::OutboxLimits::default(),
         )
         .unwrap();
         let item = &store.outbox_peek_batch(1).unwrap()[0];

@@ -50,7 +50,7 @@ pub use audit::{AuditAction, AuditEntry, AuditEvent, AuditOutcome, AuditVerifica
 pub use crypto::SecretKey;
 pub use error::{Result, StoreError};
 pub use keys::{EraseReport, Kek, KekSource, RotationReport, RotationStep};
-pub use outbox::OutboxItem;
+pub use outbox::{OutboxItem, OutboxLimits};
 pub use people::{
     EMBEDDING_DIM, NewPerson, NewTemplate, Person, PersonExport, PersonSummary, Template,
     TemplateKind, TemplateMeta,

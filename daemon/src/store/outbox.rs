@@ -21,6 +21,35 @@ pub struct OutboxItem {
     pub payload: Zeroizing<Vec<u8>>,
 }
 
+/// TEMPORARY (replaced by the fleet-sync branch): outbox bounds from `[outbox]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxLimits {
+    /// Most events kept.
+    pub max_events: u64,
+    /// Most payload bytes kept.
+    pub max_bytes: u64,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        Self {
+            max_events: 100_000,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+impl OutboxLimits {
+    /// Refuse zero bounds.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.max_events == 0 || self.max_bytes == 0 {
+            return Err("outbox.max_events and outbox.max_bytes must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
 impl Store {
     /// Queue an event durably; returns its sequence number.
     pub fn outbox_append(&self, payload: &[u8]) -> Result<u64> {
