@@ -6,7 +6,7 @@
 # started on it, COMMAND runs with FACEGATE_LOG_TARGET=journal (so facegate writes to that journal
 # through /run/systemd/journal/socket), and `journalctl -D /run/log/journal -o json` is written to
 # OUT_DIR/journal.json; COMMAND's stdout/stderr go to OUT_DIR/stdout and OUT_DIR/stderr and its exit
-# status to OUT_DIR/rc. The host's journal and /run are untouched.
+# status to OUT_DIR/rc. The host's journal, /run and /var/log/journal are untouched (tmpfs over both).
 set -euo pipefail
 out="$1"; shift
 [ "$1" = "--" ] && shift
@@ -24,6 +24,8 @@ exec unshare -m bash -s "$out" "$journald" "$@" <<'INNER'
 set -euo pipefail
 out="$1"; journald="$2"; shift 2
 mount -t tmpfs tmpfs /run
+# Keep journald off the host's persistent journal too (it moves entries there on a flush).
+if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
 mkdir -p /run/systemd/journal /run/log/journal
 "$journald" >"$out/journald.log" 2>&1 &
 jpid=$!
@@ -33,7 +35,6 @@ set +e
 FACEGATE_LOG_TARGET=journal FACEGATE_LOG="${FACEGATE_LOG:-info}" "$@" >"$out/stdout" 2>"$out/stderr"
 echo $? >"$out/rc"
 set -e
-journalctl --flush >/dev/null 2>&1 || true
 sleep 0.3
 journalctl -D /run/log/journal -o json --no-pager >"$out/journal.json"
 kill "$jpid" 2>/dev/null || true

@@ -156,12 +156,14 @@ fn memory_store(dir: &Path) -> Arc<Store> {
 
 fn event(i: usize) -> AccessEvent {
     AccessEvent {
+        kind: facegate::mqtt::EventKind::Access,
+        detail: None,
         person_id: (!i.is_multiple_of(3)).then(|| format!("p-{}", i % 7)),
-        decision: if i.is_multiple_of(3) {
+        decision: Some(if i.is_multiple_of(3) {
             Decision::Denied
         } else {
             Decision::Granted
-        },
+        }),
         match_score: Some(0.5 + (i % 10) as f32 / 100.0),
         liveness_score: Some(0.97),
         reason: "test".into(),
@@ -333,7 +335,7 @@ fn broker_outages_lose_no_event() {
             let mut ids = Vec::with_capacity(N);
             for i in 0..N {
                 ids.push(
-                    record_event(&store, "door-1", &event(i))
+                    record_event(&store, "door-1", &event(i), &Default::default())
                         .unwrap()
                         .0
                         .to_string(),
@@ -452,7 +454,7 @@ fn crash_child() {
     use std::io::Write;
     let mut out = std::io::stdout();
     for i in 0..events {
-        let (id, _) = record_event(&store, "door-1", &event(i)).unwrap();
+        let (id, _) = record_event(&store, "door-1", &event(i), &Default::default()).unwrap();
         writeln!(out, "COMMITTED {id}").unwrap();
         out.flush().unwrap();
         handle.notify_new_event();

@@ -11,7 +11,7 @@
 //! [liveness.frames]
 //! k = 2                           # live only if >= k of the last n frames of the track passed
 //! n = 3
-//! max_gap_ms = 500                # a longer gap between frames starts the window afresh
+//! max_gap_ms = 2000               # a longer gap between analysed frames starts the window afresh
 //! [liveness.passive]              # PassiveConfig: weight_v2, weight_v1se, weight_128, threshold
 //! [liveness.ir]                   # IrConfig (see ir.rs)
 //! [liveness.depth]                # DepthConfig (see depth.rs)
@@ -68,7 +68,7 @@ impl Default for FrameWindow {
         Self {
             k: 2,
             n: 3,
-            max_gap_ms: 500,
+            max_gap_ms: 2000,
         }
     }
 }
