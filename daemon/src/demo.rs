@@ -397,7 +397,8 @@ pub fn run(opts: &DemoOptions, mut progress: impl FnMut(&str)) -> Result<DemoRep
     })
 }
 
-fn enrol(
+/// Enrol every person of the roster into `store` (quality gates as `facegate enroll`).
+pub fn enrol(
     engines: &Engines,
     store: &Store,
     roster: &Roster,

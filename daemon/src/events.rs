@@ -58,6 +58,9 @@ pub struct AccessDecision {
     pub times: DecisionTimes,
     /// Face track id (per process).
     pub track: u64,
+    /// Capture time of the deciding frame (for `bench e2e`: frame → lock command).
+    #[serde(skip)]
+    pub captured_at: Option<std::time::Instant>,
 }
 
 /// Everything the daemon records.

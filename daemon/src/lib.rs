@@ -27,12 +27,13 @@
 //!   [`config`] is its file, [`logging`] its journal, [`fleet`] its MQTT side;
 //! - [`doctor`]: on-site checks, each with a fix hint;
 //! - [`demo`]: the scripted end-to-end session with SIMULATED devices;
-//! - [`bench`]: measured figures for every stage (never timed tests).
+//! - [`bench`], [`bench_e2e`]: measured figures for every stage and end to end (never timed tests).
 
 #![warn(missing_docs)]
 
 pub mod align;
 pub mod bench;
+pub mod bench_e2e;
 pub mod bundle;
 pub mod config;
 pub mod demo;

@@ -496,6 +496,7 @@ impl Pipeline {
                         ..Default::default()
                     },
                     track: id,
+                    captured_at: Some(at),
                 }));
             }
             id
@@ -569,6 +570,7 @@ impl Pipeline {
                 liveness_score: passive_score,
                 times,
                 track: track_id,
+                captured_at: Some(at),
             }));
         }
 
@@ -620,6 +622,7 @@ impl Pipeline {
             liveness_score: passive_score,
             times,
             track: track_id,
+            captured_at: Some(at),
         }))
     }
 

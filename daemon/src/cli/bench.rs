@@ -28,6 +28,8 @@ pub enum BenchCmd {
     Match(super::bench_match::Args),
     /// Presentation-attack detection figures (ISO/IEC 30107-3 APCER/BPCER) per check and fused.
     Pad(super::bench_pad::Args),
+    /// Time to decision through the daemon path, frames/s, cold start to READY and peak RSS.
+    E2e(super::bench_e2e::Args),
 }
 
 fn default_images() -> Option<PathBuf> {
@@ -70,5 +72,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         }
         BenchCmd::Match(a) => super::bench_match::run(a),
         BenchCmd::Pad(a) => super::bench_pad::run(a),
+        BenchCmd::E2e(a) => super::bench_e2e::run(a),
     }
 }

@@ -48,7 +48,7 @@ struct Row {
 }
 
 /// Uniform random unit vector (Box–Muller Gaussians, normalised).
-fn random_unit(rng: &mut impl Rng) -> Vec<f32> {
+pub(crate) fn random_unit(rng: &mut impl Rng) -> Vec<f32> {
     let mut v: Vec<f32> = (0..EMBEDDING_DIM)
         .map(|_| {
             let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
