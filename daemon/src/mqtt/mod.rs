@@ -14,7 +14,9 @@
 //!
 //! The broker authenticates terminals by client certificate (Mosquitto:
 //! `require_certificate true`, `use_identity_as_username true`) and its ACL must confine each
-//! device to its own `{site}/{device}/#` plus read access to `{site}/all/bundles`.
+//! device to its own `{site}/{device}/#` plus read access to `{site}/all/bundles`. Operator
+//! tools ([`operator`]: `facegate bundle publish`, `facegate cmd send`) use their own certificate
+//! with write access to `{site}/+/bundles` and `{site}/+/cmd/+` and read access to the results.
 //!
 //! # Session
 //!
@@ -30,6 +32,7 @@
 
 pub mod commands;
 pub mod events;
+pub mod operator;
 pub mod publisher;
 pub mod status;
 pub mod tls;
@@ -75,6 +78,9 @@ pub enum MqttError {
     /// Client library failure that is not a routine disconnect.
     #[error("mqtt client: {0}")]
     Client(String),
+    /// An operator request got no answer in time (the message says which step was missing).
+    #[error("mqtt timeout: {0}")]
+    Timeout(String),
     /// Outbox or store failure.
     #[error(transparent)]
     Store(#[from] StoreError),
