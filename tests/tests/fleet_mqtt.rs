@@ -1090,7 +1090,7 @@ fn bounded_outbox_rolls_overflow_into_one_counted_summary_with_alarm() {
     let alarm = log_lines(&[
         "ERROR",
         "FACEGATE_EVENT=\"outbox_overflow\"",
-        "device=\"door-o\"",
+        "device=door-o",
     ]);
     assert_eq!(alarm.len(), 1, "{alarm:?}");
     assert!(alarm[0].contains("max_events=50"), "{}", alarm[0]);

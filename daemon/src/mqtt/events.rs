@@ -289,7 +289,7 @@ pub fn record_event(
         if out.new_summary {
             tracing::error!(
                 FACEGATE_EVENT = "outbox_overflow",
-                device,
+                device = %device,
                 rolled_up = out.rolled_up,
                 pending = out.pending_rolled_up,
                 max_events = limits.max_events,
@@ -299,7 +299,7 @@ pub fn record_event(
         } else if before.checked_ilog2() != out.pending_rolled_up.checked_ilog2() {
             tracing::warn!(
                 FACEGATE_EVENT = "outbox_overflow",
-                device,
+                device = %device,
                 rolled_up = out.rolled_up,
                 pending = out.pending_rolled_up,
                 max_events = limits.max_events,
