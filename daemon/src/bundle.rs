@@ -68,7 +68,8 @@ pub const SIGNING_DOMAIN: &[u8] = b"facegate-bundle-v1\0";
 pub const DEFAULT_MAX_BYTES: usize = 16 << 20;
 /// Target value addressing every terminal of the site.
 pub const TARGET_ALL: &str = "all";
-const SIG_LEN: usize = 64;
+/// Ed25519 signature length in bytes.
+pub const SIG_LEN: usize = 64;
 const FIXED_LEN: usize = 8 + 4 + 4 + SIG_LEN;
 const SEAL_TABLE: &str = "bundle-person";
 
@@ -428,6 +429,17 @@ impl FleetKeys {
     pub fn ids(&self) -> Vec<&str> {
         self.keys.iter().map(|(id, _)| id.as_str()).collect()
     }
+
+    /// Id of the first trusted key whose strict Ed25519 verification of `signature` over
+    /// `message` succeeds (one place for bundles and signed commands, so both accept exactly the
+    /// same keys and reject malleable signatures alike).
+    pub fn verify(&self, message: &[u8], signature: &[u8; SIG_LEN]) -> Option<&str> {
+        let sig = Signature::from_bytes(signature);
+        self.keys
+            .iter()
+            .find(|(_, k)| k.verify_strict(message, &sig).is_ok())
+            .map(|(id, _)| id.as_str())
+    }
 }
 
 /// Who this terminal is and what it accepts; from configuration.
@@ -681,14 +693,11 @@ impl Verifier {
             });
         }
         let frame = parse_frame(bytes)?;
-        let sig = Signature::from_bytes(frame.signature);
         let msg = signed_message(frame.signed);
         let signer = self
             .fleet
-            .keys
-            .iter()
-            .find(|(_, k)| k.verify_strict(&msg, &sig).is_ok())
-            .map(|(id, _)| id.clone())
+            .verify(&msg, frame.signature)
+            .map(str::to_string)
             .ok_or_else(|| BundleError::BadSignature {
                 known: self.fleet.ids().join(", "),
             })?;
@@ -890,12 +899,8 @@ pub fn inspect(bytes: &[u8], fleet: Option<&FleetKeys>) -> Result<BundleSummary>
     let body: WireBody =
         serde_json::from_slice(frame.body).map_err(|e| json_err("body", &e, true))?;
     let verified_by = fleet.and_then(|f| {
-        let sig = Signature::from_bytes(frame.signature);
-        let msg = signed_message(frame.signed);
-        f.keys
-            .iter()
-            .find(|(_, k)| k.verify_strict(&msg, &sig).is_ok())
-            .map(|(id, _)| id.clone())
+        f.verify(&signed_message(frame.signed), frame.signature)
+            .map(str::to_string)
     });
     let mut s = BundleSummary {
         bytes: bytes.len(),
@@ -913,6 +918,44 @@ pub fn inspect(bytes: &[u8], fleet: Option<&FleetKeys>) -> Result<BundleSummary>
         }
     }
     Ok(s)
+}
+
+/// What a bundle's header *claims* about itself — version and signing key id — read without
+/// checking the signature, for the audit line and result message of a refused bundle (so an
+/// operator can tell which bundle was refused). Unauthenticated: never base a decision on it.
+/// The key id is kept only if it has the shape of a real one (16 hex characters), so a forged
+/// header cannot inject text into logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BundleClaims {
+    /// Claimed version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Claimed signing key id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+/// Read [`BundleClaims`] from raw bytes; empty claims when the framing or header does not parse.
+pub fn claims(bytes: &[u8]) -> BundleClaims {
+    #[derive(Deserialize)]
+    struct Loose {
+        #[serde(default)]
+        version: Option<u64>,
+        #[serde(default)]
+        key_id: Option<String>,
+    }
+    let Ok(frame) = parse_frame(bytes) else {
+        return BundleClaims::default();
+    };
+    let Ok(h) = serde_json::from_slice::<Loose>(frame.header) else {
+        return BundleClaims::default();
+    };
+    BundleClaims {
+        version: h.version,
+        key_id: h
+            .key_id
+            .filter(|k| k.len() == 16 && k.bytes().all(|b| b.is_ascii_hexdigit())),
+    }
 }
 
 /// Fuzzing entry point: run the full verifier on arbitrary bytes with fixed keys. Must never
@@ -1127,6 +1170,28 @@ mod tests {
             let _ = inspect(&b, Some(&f.verifier.fleet));
         }
         assert!(!fuzz_verify(&good));
+    }
+
+    #[test]
+    fn claims_are_read_without_trusting_them() {
+        let f = fx();
+        let good = build_bundle(&draft(9), &f.other, &f.verifier.site_key).unwrap();
+        assert_eq!(
+            claims(&good),
+            BundleClaims {
+                version: Some(9),
+                key_id: Some(key_id(&f.other.verifying_key())),
+            },
+            "claims are read even when the signature would not verify"
+        );
+        assert_eq!(claims(b"garbage"), BundleClaims::default());
+        assert_eq!(claims(&good[..good.len() - 1]), BundleClaims::default());
+        let frame = parse_frame(&good).unwrap();
+        let mut h: serde_json::Value = serde_json::from_slice(frame.header).unwrap();
+        h["key_id"] = "x\nFACEGATE_EVENT=forged".into();
+        let forged = sign_raw(&serde_json::to_vec(&h).unwrap(), frame.body, &f.other);
+        assert_eq!(claims(&forged).key_id, None, "log injection filtered");
+        assert_eq!(claims(&forged).version, Some(9));
     }
 
     #[test]

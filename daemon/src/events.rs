@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::door::{DoorEvent, UnlockCause};
-use crate::mqtt::{AccessEvent, Decision, EventKind};
+use crate::mqtt::{AccessEvent, Decision, EventKind, RecordedEvent};
 use crate::store::{OutboxLimits, Store, StoreError};
 
 /// Per-stage latency of one decision, milliseconds.
@@ -238,10 +238,10 @@ impl EventSink {
     pub fn record(&self, ev: &DaemonEvent, label: Option<&str>) -> Result<u64, StoreError> {
         let out = Self::outbox_event(ev);
         let result = crate::mqtt::record_event(&self.store, &self.device, &out, &self.limits);
-        let seq = result.as_ref().ok().map(|(_, s)| *s);
+        let seq = result.as_ref().ok().map(|r| r.seq);
         log_event(ev, label, seq);
         match result {
-            Ok((_, seq)) => {
+            Ok(RecordedEvent { seq, .. }) => {
                 if let Some(f) = &self.on_recorded {
                     f();
                 }

@@ -57,9 +57,12 @@ enum Command {
         #[command(subcommand)]
         cmd: cli::audit::Command,
     },
-    /// Fleet template bundles: keygen, create, inspect, apply (signed, site-encrypted).
+    /// Fleet template bundles: keygen, create, inspect, apply, publish (signed, site-encrypted).
     #[command(subcommand)]
     Bundle(cli::bundle::Command),
+    /// Remote commands to terminals: sign an `open`, send any command and await its result.
+    #[command(subcommand)]
+    Cmd(cli::cmd::Command),
     /// Crypto-erase the store and its key (`--all --confirm`).
     Erase(cli::erase::Args),
     /// Measure performance (prints figures measured in this run).
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::Audit { cmd } => cli::audit::run(cmd),
         Command::Erase(a) => cli::erase::run(a),
         Command::Bundle(c) => cli::bundle::run(c),
+        Command::Cmd(c) => cli::cmd::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use facegate::store::{
-    AuditAction, AuditEntry, EMBEDDING_DIM, Kek, NewPerson, NewTemplate, Store, StoreError, schema,
+    AuditAction, AuditEntry, EMBEDDING_DIM, FoldInput, Kek, NewPerson, NewTemplate, OutboxLimits,
+    Store, StoreError, schema,
 };
 use redb::{ReadableDatabase, ReadableTable};
 use sha2::{Digest, Sha256};
@@ -155,11 +156,12 @@ fn outbox_is_ordered_sealed_and_never_reuses_sequence_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let (path, kek) = setup(dir.path());
     let s = Store::open(&path, &kek).unwrap();
+    let limits = OutboxLimits::default();
+    let mut no_overflow =
+        |_: FoldInput<'_>| -> Result<Vec<u8>, StoreError> { panic!("no overflow expected") };
+    let mut append = |p: &[u8]| s.outbox_append(p, &limits, &mut no_overflow).unwrap().seq;
     let seqs: Vec<u64> = (0..5)
-        .map(|i| {
-            s.outbox_append(format!("{{\"event\":\"door-{i}-OUTBOXMARK\"}}").as_bytes())
-                .unwrap()
-        })
+        .map(|i| append(format!("{{\"event\":\"door-{i}-OUTBOXMARK\"}}").as_bytes()))
         .collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
     let batch = s.outbox_peek_batch(3).unwrap();
@@ -188,7 +190,7 @@ fn outbox_is_ordered_sealed_and_never_reuses_sequence_numbers() {
         s.outbox_delete(i).unwrap();
     }
     assert_eq!(
-        s.outbox_append(b"x").unwrap(),
+        append(b"x"),
         6,
         "sequence continues after the queue drained"
     );

@@ -4,8 +4,10 @@
 //! and one client certificate per name (the certificate CN is the MQTT username through
 //! `use_identity_as_username`), an ACL confining every device to `facegate/v1/{site}/{CN}/#`
 //! plus read access to `facegate/v1/{site}/all/bundles` (the `fleet` identity may use all of
-//! `facegate/#`), and starts `mosquitto -c conf` on a free loopback port. Nothing listens
-//! beyond 127.0.0.1 and the system broker (if any) is never touched.
+//! `facegate/#`; the `operator` identity may only publish bundles and commands to the site's
+//! devices and read their results — what `facegate bundle publish` / `cmd send` need), and
+//! starts `mosquitto -c conf` on a free loopback port. Nothing listens beyond 127.0.0.1 and the
+//! system broker (if any) is never touched.
 //!
 //! `mosquitto` comes from Debian (`apt-get install mosquitto`, binary `/usr/sbin/mosquitto`).
 //! If it is missing the test fails with a message saying so — never a silent skip.
@@ -24,6 +26,8 @@ use rcgen::{
 
 /// Identity with full access to the site's topics (the fleet back end in tests).
 pub const FLEET_IDENTITY: &str = "fleet";
+/// Identity of a human operator's tools: publish bundles and commands, read their results.
+pub const OPERATOR_IDENTITY: &str = "operator";
 
 /// Where the client certificate and key of one identity are.
 #[derive(Debug, Clone)]
@@ -78,7 +82,7 @@ fn write(path: &Path, text: &str, mode: u32) {
 
 impl Broker {
     /// Create PKI and config for `site` with client certificates for `identities` (plus
-    /// [`FLEET_IDENTITY`]) and start the broker.
+    /// [`FLEET_IDENTITY`] and [`OPERATOR_IDENTITY`]) and start the broker.
     pub fn start(site: &str, identities: &[&str]) -> Broker {
         mosquitto_binary();
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -125,7 +129,10 @@ impl Broker {
             ClientCert { cert: cp, key: kp }
         };
         let server = leaf("server", true);
-        for id in identities.iter().chain([&FLEET_IDENTITY]) {
+        for id in identities
+            .iter()
+            .chain([&FLEET_IDENTITY, &OPERATOR_IDENTITY])
+        {
             leaf(id, false);
         }
 
@@ -134,6 +141,11 @@ impl Broker {
             &acl,
             &format!(
                 "user {FLEET_IDENTITY}\ntopic readwrite facegate/#\n\n\
+                 user {OPERATOR_IDENTITY}\n\
+                 topic write facegate/v1/{site}/+/bundles\n\
+                 topic read facegate/v1/{site}/+/bundles/result\n\
+                 topic write facegate/v1/{site}/+/cmd/+\n\
+                 topic read facegate/v1/{site}/+/cmd/+/result\n\n\
                  pattern readwrite facegate/v1/{site}/%u/#\n\
                  pattern read facegate/v1/{site}/all/bundles\n"
             ),

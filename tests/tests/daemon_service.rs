@@ -212,7 +212,7 @@ fn run_notifies_systemd_and_stops_cleanly_on_sigterm() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let mut child = Command::new(facegate_bin())
+    let child = Command::new(facegate_bin())
         .arg("run")
         .arg("--config")
         .arg(&cfg)
@@ -287,7 +287,7 @@ fn a_stalled_camera_stops_the_watchdog() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    let mut child = Command::new(facegate_bin())
+    let child = Command::new(facegate_bin())
         .arg("run")
         .arg("--config")
         .arg(&cfg)

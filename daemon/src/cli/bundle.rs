@@ -13,6 +13,12 @@
 //! * `inspect FILE` prints header, ids and counts — never vectors or labels (they are sealed).
 //! * `apply FILE` verifies and applies a bundle to a local store (technicians, tests): exactly
 //!   the checks the daemon runs for bundles arriving over MQTT.
+//! * `publish FILE` sends a bundle to the broker with the operator's client certificate (QoS 1,
+//!   to `facegate/v1/{site}/{target}/bundles`, site and target from the bundle header unless
+//!   given), waits for the PUBACK and, with `--wait-result DEVICE`, for that device's
+//!   `bundles/result` about *this* bundle (matched by SHA-256) and prints it. Exit 0 only if the
+//!   broker took it and — when waiting — the device applied it; 2 if the device refused it or
+//!   the arguments contradict the bundle; 1 if the broker or device did not answer in time.
 //!
 //! Exit codes follow [`crate::cli`]: 2 for a refused bundle or bad arguments, 1 otherwise.
 
@@ -21,9 +27,13 @@ use std::path::{Path, PathBuf};
 use facegate::bundle::{
     self, BundleDraft, BundlePolicy, FleetKeys, Operation, SiteKey, Thresholds, Verifier,
 };
+use facegate::mqtt::operator::{self, ResultWait};
+use facegate::mqtt::{Topics, validate_segment};
 use facegate::store::{NewPerson, NewTemplate, TemplateKind, local_actor, now_unix};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
+use crate::cli::broker::{BrokerArgs, mqtt_err, runtime};
 use crate::cli::keys::{StoreArgs, store_err};
 use crate::cli::{bad_input, print_json};
 
@@ -122,6 +132,28 @@ pub enum Command {
         #[arg(long, default_value_t = bundle::DEFAULT_MAX_BYTES)]
         max_bytes: usize,
         /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a bundle to the broker (QoS 1) and optionally wait for a device's result
+    Publish {
+        /// Bundle file
+        file: PathBuf,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Site id (default: the bundle header's; must match it)
+        #[arg(long)]
+        site: Option<String>,
+        /// Topic target: a device id or `all` (default: the bundle header's target)
+        #[arg(long)]
+        target: Option<String>,
+        /// Wait for this device's bundles/result about this bundle and print it
+        #[arg(long, value_name = "DEVICE")]
+        wait_result: Option<String>,
+        /// Size limit in bytes
+        #[arg(long, default_value_t = bundle::DEFAULT_MAX_BYTES)]
+        max_bytes: usize,
+        /// Machine-readable output (the device's result JSON when waiting)
         #[arg(long)]
         json: bool,
     },
@@ -225,9 +257,119 @@ fn people_from_store(store: &StoreArgs) -> anyhow::Result<Vec<Operation>> {
     Ok(ops)
 }
 
+/// Arguments of `bundle publish`, gathered.
+struct PublishArgs {
+    file: PathBuf,
+    broker: BrokerArgs,
+    site: Option<String>,
+    target: Option<String>,
+    wait_result: Option<String>,
+    max_bytes: usize,
+    json: bool,
+}
+
+fn publish(a: PublishArgs) -> anyhow::Result<()> {
+    let bytes = read_limited(&a.file, a.max_bytes)?;
+    // Never send what a terminal could not even parse; the signature is the devices' business.
+    let summary = bundle::inspect(&bytes, None).map_err(bundle_err)?;
+    let h = &summary.header;
+    let site = a.site.unwrap_or_else(|| h.site.clone());
+    if site != h.site {
+        return Err(bad_input(format!(
+            "--site {site} contradicts the bundle, which is for site {}",
+            h.site
+        )));
+    }
+    let target = a.target.unwrap_or_else(|| h.target.clone());
+    if h.target != bundle::TARGET_ALL && target != h.target {
+        return Err(bad_input(format!(
+            "the bundle is for device {}; publishing it to {target} would only get it refused",
+            h.target
+        )));
+    }
+    validate_segment("site", &site).map_err(mqtt_err)?;
+    validate_segment("target", &target).map_err(mqtt_err)?;
+    if let Some(d) = &a.wait_result {
+        validate_segment("device", d).map_err(mqtt_err)?;
+        if d == bundle::TARGET_ALL || (target != bundle::TARGET_ALL && *d != target) {
+            return Err(bad_input(format!(
+                "--wait-result {d}: that device will not receive a bundle published to {target}"
+            )));
+        }
+    }
+    let topic = Topics::new(&site, &target).bundles();
+    let sha = hex::encode(Sha256::digest(&bytes));
+    let matches = |p: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(p)
+            .ok()
+            .and_then(|v| v.get("bundle_sha256")?.as_str().map(|s| s == sha))
+            .unwrap_or(false)
+    };
+    let wait = a.wait_result.as_ref().map(|d| ResultWait {
+        topic: Topics::new(&site, d).bundle_result(),
+        matches: &matches,
+    });
+    let cfg = a.broker.config();
+    let answer = runtime()?
+        .block_on(operator::publish(&cfg, &topic, bytes.clone(), wait))
+        .map_err(mqtt_err)?;
+    let Some(answer) = answer else {
+        if a.json {
+            return print_json(&serde_json::json!({"published": true, "topic": topic,
+                "bundle_sha256": sha, "version": h.version, "bytes": bytes.len()}));
+        }
+        println!(
+            "published {} ({} bytes, version {}) to {topic}; the broker acknowledged it",
+            a.file.display(),
+            bytes.len(),
+            h.version
+        );
+        return Ok(());
+    };
+    let device = a.wait_result.unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&answer)
+        .map_err(|e| anyhow::anyhow!("{device} answered with something that is not JSON: {e}"))?;
+    let ok = v["ok"].as_bool() == Some(true);
+    if a.json {
+        println!("{v}");
+    } else if ok {
+        let r = &v["report"];
+        println!(
+            "{device} applied bundle version {}: {} upserted, {} removed, {} templates",
+            r["version"], r["upserted"], r["removed"], r["templates"]
+        );
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(bad_input(format!(
+            "{device} refused the bundle: {}: {}",
+            v["code"].as_str().unwrap_or("?"),
+            v["message"].as_str().unwrap_or("")
+        )))
+    }
+}
+
 /// Run a `bundle` subcommand.
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
+        Command::Publish {
+            file,
+            broker,
+            site,
+            target,
+            wait_result,
+            max_bytes,
+            json,
+        } => publish(PublishArgs {
+            file,
+            broker,
+            site,
+            target,
+            wait_result,
+            max_bytes,
+            json,
+        }),
         Command::Keygen { out, site, json } => {
             let (kind, id, public) = if site {
                 let k = SiteKey::generate_file(&out).map_err(bundle_err)?;

@@ -4,17 +4,19 @@
 //!
 //! | topic | direction | QoS / retain | content |
 //! |---|---|---|---|
-//! | `facegate/v1/{site}/{device}/events` | out | 1 | access events from the outbox ([`publisher`]) |
+//! | `facegate/v1/{site}/{device}/events` | out | 1 | door events and overflow summaries from the bounded outbox ([`events`], [`publisher`]) |
 //! | `facegate/v1/{site}/{device}/status` | out | 1, retained | `online` report; Last Will `offline` ([`status`]) |
 //! | `facegate/v1/{site}/{device}/bundles` | in | 1 | signed template bundles for this device |
 //! | `facegate/v1/{site}/all/bundles` | in | 1 | signed template bundles for the whole site |
-//! | `facegate/v1/{site}/{device}/bundles/result` | out | 1 | outcome of each received bundle |
-//! | `facegate/v1/{site}/{device}/cmd/{name}` | in | 1 | command with a `request_id` |
+//! | `facegate/v1/{site}/{device}/bundles/result` | out | 1 | outcome of each received bundle (with its SHA-256) |
+//! | `facegate/v1/{site}/{device}/cmd/{name}` | in | 1 | `status`, `resync`, signed `open`, `reload-config` ([`commands`]) |
 //! | `facegate/v1/{site}/{device}/cmd/{name}/result` | out | 1 | command result echoing `request_id` |
 //!
 //! The broker authenticates terminals by client certificate (Mosquitto:
 //! `require_certificate true`, `use_identity_as_username true`) and its ACL must confine each
-//! device to its own `{site}/{device}/#` plus read access to `{site}/all/bundles`.
+//! device to its own `{site}/{device}/#` plus read access to `{site}/all/bundles`. Operator
+//! tools ([`operator`]: `facegate bundle publish`, `facegate cmd send`) use their own certificate
+//! with write access to `{site}/+/bundles` and `{site}/+/cmd/+` and read access to the results.
 //!
 //! # Session
 //!
@@ -29,6 +31,8 @@
 //! `$CREDENTIALS_DIRECTORY` (`LoadCredential[Encrypted]=`).
 
 pub mod commands;
+pub mod events;
+pub mod operator;
 pub mod probe;
 pub mod publisher;
 pub mod status;
@@ -41,10 +45,10 @@ use serde::Deserialize;
 
 use crate::store::StoreError;
 
+pub use commands::{CommandOutcome, RemoteCommand};
+pub use events::{AccessEvent, Decision, EventKind, RecordedEvent, record_event};
 pub use probe::probe;
-pub use publisher::{
-    AccessEvent, Decision, EventKind, FleetHandle, FleetLink, LinkStats, record_event,
-};
+pub use publisher::{FleetHandle, FleetLink, LinkStats};
 pub use status::StatusSource;
 
 /// Versioned topic prefix; bump the version when payloads change incompatibly.
@@ -76,6 +80,9 @@ pub enum MqttError {
     /// Client library failure that is not a routine disconnect.
     #[error("mqtt client: {0}")]
     Client(String),
+    /// An operator request got no answer in time (the message says which step was missing).
+    #[error("mqtt timeout: {0}")]
+    Timeout(String),
     /// Outbox or store failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -104,6 +111,18 @@ fn default_status_interval() -> u64 {
 }
 fn default_max_bundle() -> usize {
     crate::bundle::DEFAULT_MAX_BYTES
+}
+fn default_open_max_duration() -> u64 {
+    30_000
+}
+fn default_open_max_window() -> u64 {
+    60
+}
+fn default_open_skew() -> u64 {
+    5
+}
+fn default_command_timeout() -> u64 {
+    10_000
 }
 
 /// `[mqtt]` section of the daemon configuration.
@@ -149,6 +168,20 @@ pub struct MqttConfig {
     /// Largest bundle accepted, bytes (also the incoming MQTT packet limit).
     #[serde(default = "default_max_bundle")]
     pub max_bundle_bytes: usize,
+    /// Longest door release a signed `open` may ask for, milliseconds (1-300000).
+    #[serde(default = "default_open_max_duration")]
+    pub open_max_duration_ms: u64,
+    /// Longest validity window a signed `open` may have, seconds (1-3600): bounds how long a
+    /// captured command stays usable and how long its request id must be remembered.
+    #[serde(default = "default_open_max_window")]
+    pub open_max_window_secs: u64,
+    /// Clock difference tolerated at both ends of an `open`'s window, seconds (0-300).
+    #[serde(default = "default_open_skew")]
+    pub open_clock_skew_secs: u64,
+    /// How long the link waits for the daemon to answer a forwarded command before
+    /// publishing a `timeout` result, milliseconds (100-300000).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout_ms: u64,
 }
 
 /// Topic-segment ids: no wildcards or separators, so an id can never widen a subscription.
@@ -179,6 +212,10 @@ impl MqttConfig {
             window: default_window(),
             status_interval_secs: default_status_interval(),
             max_bundle_bytes: default_max_bundle(),
+            open_max_duration_ms: default_open_max_duration(),
+            open_max_window_secs: default_open_max_window(),
+            open_clock_skew_secs: default_open_skew(),
+            command_timeout_ms: default_command_timeout(),
         }
     }
 
@@ -203,7 +240,38 @@ impl MqttConfig {
         if self.window == 0 || self.window > 1000 {
             return Err(MqttError::Config("window must be 1-1000".into()));
         }
+        if !(1..=300_000).contains(&self.open_max_duration_ms) {
+            return Err(MqttError::Config(
+                "open_max_duration_ms must be 1-300000 (at most 5 minutes)".into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.open_max_window_secs) {
+            return Err(MqttError::Config(
+                "open_max_window_secs must be 1-3600".into(),
+            ));
+        }
+        if self.open_clock_skew_secs > 300 {
+            return Err(MqttError::Config(
+                "open_clock_skew_secs must be 0-300".into(),
+            ));
+        }
+        if !(100..=300_000).contains(&self.command_timeout_ms) {
+            return Err(MqttError::Config(
+                "command_timeout_ms must be 100-300000".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The limits a signed `open` is checked against.
+    pub fn open_policy(&self) -> commands::OpenPolicy {
+        commands::OpenPolicy {
+            site: self.site.clone(),
+            device: self.device.clone(),
+            max_duration_ms: self.open_max_duration_ms,
+            max_window_secs: self.open_max_window_secs,
+            clock_skew_secs: self.open_clock_skew_secs,
+        }
     }
 
     /// `(ca, cert, key)` paths: explicit ones win, else `$CREDENTIALS_DIRECTORY/mqtt-*.pem`.
@@ -356,6 +424,34 @@ mod tests {
         let parsed: MqttConfig =
             toml::from_str("host = \"b\"\nsite = \"hq\"\ndevice = \"d\"\n").unwrap();
         assert_eq!(parsed.port, 8883);
+        assert_eq!(
+            (parsed.open_max_duration_ms, parsed.open_max_window_secs),
+            (30_000, 60)
+        );
+        // site and device may be left to the daemon's [device] table, but never stay empty.
+        let mut bare: MqttConfig = toml::from_str("host = \"b\"\n").unwrap();
+        assert_eq!((bare.site.as_str(), bare.device.as_str()), ("", ""));
+        let e = bare.validate().unwrap_err().to_string();
+        assert!(e.contains("site"), "{e}");
+        bare.site = "hq".into();
+        assert!(bare.validate().unwrap_err().to_string().contains("device"));
+        bare.device = "door-9".into();
+        bare.validate().unwrap();
+        for (field, bad) in [
+            ("open_max_duration_ms", 0u64),
+            ("open_max_duration_ms", 300_001),
+            ("open_max_window_secs", 0),
+            ("open_max_window_secs", 3601),
+            ("open_clock_skew_secs", 301),
+            ("command_timeout_ms", 99),
+        ] {
+            let c: MqttConfig = toml::from_str(&format!(
+                "host = \"b\"\nsite = \"s\"\ndevice = \"d\"\n{field} = {bad}\n"
+            ))
+            .unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}={bad}: {e}");
+        }
         assert!(
             toml::from_str::<MqttConfig>("host=\"b\"\nsite=\"s\"\ndevice=\"d\"\nprot=1\n").is_err()
         );

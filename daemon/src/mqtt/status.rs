@@ -3,7 +3,12 @@
 //! and an explicit retained `offline` on a clean shutdown.
 //!
 //! The report holds only operational facts — software version, model ids, template count,
-//! outbox depth, hardware faults — never people, labels or vectors.
+//! outbox depth and overflow counts, hardware faults — never people, labels or vectors.
+//!
+//! The outbox overflow alarm is computed from the store at every report (not pushed into
+//! [`StatusSource::faults`], which other tasks replace wholesale): while an overflow summary is
+//! waiting for delivery, `faults` contains an `outbox_overflow: ...` entry and `outbox_overflow`
+//! gives the counts; the lifetime total stays in `outbox_overflow.total` afterwards.
 
 use std::sync::{Arc, Mutex};
 
@@ -63,6 +68,9 @@ pub struct StatusReport {
     /// Applied bundle version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle_version: Option<u64>,
+    /// Events rolled into overflow summaries (absent if it never happened).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox_overflow: Option<OverflowReport>,
     /// Faults (empty when healthy).
     pub faults: Vec<String>,
     /// Why offline (`last_will`, `shutdown`).
@@ -70,6 +78,15 @@ pub struct StatusReport {
     pub reason: Option<&'static str>,
     /// Device clock, RFC 3339.
     pub ts: String,
+}
+
+/// Overflow counts in the status report.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct OverflowReport {
+    /// Events counted by the overflow summary not yet delivered.
+    pub pending: u64,
+    /// Events ever rolled up on this terminal.
+    pub total: u64,
 }
 
 /// Build the `online` report from the store and the source; store failures become faults.
@@ -91,6 +108,25 @@ pub fn online(store: &Store, device: &str, src: &StatusSource) -> Vec<u8> {
         }
     };
     let bundle_version = store.applied_bundle_version().ok().flatten();
+    let outbox_overflow = match store.outbox_overflow() {
+        Ok(o) if o.total > 0 => {
+            if o.pending > 0 {
+                faults.push(format!(
+                    "outbox_overflow: {} oldest events rolled into an undelivered summary ({} since the store was created)",
+                    o.pending, o.total
+                ));
+            }
+            Some(OverflowReport {
+                pending: o.pending,
+                total: o.total,
+            })
+        }
+        Ok(_) => None,
+        Err(e) => {
+            faults.push(format!("outbox overflow state: {e}"));
+            None
+        }
+    };
     let r = StatusReport {
         state: "online",
         device: device.into(),
@@ -99,6 +135,7 @@ pub fn online(store: &Store, device: &str, src: &StatusSource) -> Vec<u8> {
         template_count,
         outbox_depth,
         bundle_version,
+        outbox_overflow,
         faults,
         reason: None,
         ts: format_unix(now_unix()),
@@ -116,6 +153,7 @@ pub fn offline(device: &str, reason: &'static str) -> Vec<u8> {
         template_count: None,
         outbox_depth: None,
         bundle_version: None,
+        outbox_overflow: None,
         faults: Vec::new(),
         reason: Some(reason),
         ts: format_unix(now_unix()),

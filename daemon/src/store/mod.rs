@@ -23,7 +23,7 @@
 //! * [`schema`] — tables, schema version, migrations.
 //! * [`people`] — people and templates (enrolment, adaptive templates, export, removal).
 //! * [`audit`] — append-only hash-chained audit log.
-//! * [`outbox`] — sealed queue of events awaiting publication.
+//! * [`outbox`] — sealed, bounded queue of events awaiting publication, with its overflow summary.
 //!
 //! Locking: redb holds an exclusive lock on the file, so only one process (normally the daemon)
 //! can have the store open; other processes get [`StoreError::Locked`].
@@ -50,7 +50,10 @@ pub use audit::{AuditAction, AuditEntry, AuditEvent, AuditOutcome, AuditVerifica
 pub use crypto::SecretKey;
 pub use error::{Result, StoreError};
 pub use keys::{EraseReport, Kek, KekSource, RotationReport, RotationStep};
-pub use outbox::{OutboxItem, OutboxLimits};
+pub use outbox::{
+    AppendOutcome, Fold, FoldInput, OutboxItem, OutboxLimits, OutboxSummary, OverflowState,
+    RolledEvent,
+};
 pub use people::{
     EMBEDDING_DIM, NewPerson, NewTemplate, Person, PersonExport, PersonSummary, Template,
     TemplateKind, TemplateMeta,

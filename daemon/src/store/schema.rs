@@ -26,7 +26,7 @@ pub const KEYSLOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("keyslot
 pub const PEOPLE: TableDefinition<&str, &[u8]> = TableDefinition::new("people");
 /// (person id, template seq) → sealed template (vector, kind, quality, model).
 pub const TEMPLATES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("templates");
-/// Event sequence → sealed event bytes awaiting publication.
+/// Event sequence → sealed event bytes awaiting publication; key 0 holds the overflow summary.
 pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// Audit sequence → JSON entry (hash-chained, no personal fields or secrets).
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
@@ -45,6 +45,15 @@ pub mod meta {
     pub const NEXT_TEMPLATE_SEQ: &str = "next_template_seq";
     /// u64: next outbox sequence number (never reused).
     pub const NEXT_OUTBOX_SEQ: &str = "next_outbox_seq";
+    /// u64: sealed bytes of queued outbox events (summary excluded); absent in older stores
+    /// until their first append.
+    pub const OUTBOX_BYTES: &str = "outbox_bytes";
+    /// u64: revision of the last write of the outbox overflow summary (never reused).
+    pub const OUTBOX_SUMMARY_REV: &str = "outbox_summary_rev";
+    /// u64: events counted by the overflow summary waiting in the outbox.
+    pub const OUTBOX_SUMMARY_PENDING: &str = "outbox_summary_pending";
+    /// u64: events ever rolled into overflow summaries.
+    pub const OUTBOX_ROLLED_TOTAL: &str = "outbox_rolled_total";
     /// u64: bumped on every change to people/templates, so matchers know when to rebuild.
     pub const GENERATION: &str = "generation";
     /// Sealed: `seq ‖ hash` of the newest audit entry, detects truncation or rewrite of the log.
