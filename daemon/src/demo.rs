@@ -261,6 +261,8 @@ pub struct DemoOptions {
     pub fps: u32,
     /// Longest wait for one decision.
     pub timeout: Duration,
+    /// Publish the outbox to the broker of this configuration (its `[device]` and `[mqtt]`).
+    pub broker: Option<Config>,
 }
 
 /// Everything the demo did.
@@ -274,6 +276,8 @@ pub struct DemoReport {
     pub outbox: Vec<String>,
     /// Model load time.
     pub load_ms: f64,
+    /// With a broker: events acknowledged by it (the outbox drained), and how long it took.
+    pub published: Option<(u64, f64)>,
 }
 
 impl DemoReport {
@@ -294,6 +298,10 @@ pub fn run(opts: &DemoOptions, mut progress: impl FnMut(&str)) -> Result<DemoRep
 
     // Models: verified install from the mirror (or upstream), then load.
     let mut cfg = Config::default();
+    if let Some(b) = &opts.broker {
+        cfg.device = b.device.clone();
+        cfg.mqtt = b.mqtt.clone();
+    }
     cfg.paths.models = opts.models.clone();
     cfg.camera.source = CameraSource::Replay; // SIMULATED (the demo supplies its own camera)
     cfg.door.lock = LockBackend::Simulated;
@@ -389,12 +397,51 @@ pub fn run(opts: &DemoOptions, mut progress: impl FnMut(&str)) -> Result<DemoRep
         .iter()
         .map(|i| String::from_utf8_lossy(&i.payload).into_owned())
         .collect();
+    let published = match cfg.mqtt.is_some() {
+        true => Some(publish(&cfg, store.clone(), &mut progress)?),
+        false => None,
+    };
     Ok(DemoReport {
         enrolled,
         results,
         outbox,
         load_ms,
+        published,
     })
+}
+
+/// Drain the outbox through the real fleet link (mutual TLS) and wait for every PUBACK.
+fn publish(
+    cfg: &Config,
+    store: Arc<Store>,
+    progress: &mut impl FnMut(&str),
+) -> Result<(u64, f64), DemoError> {
+    let before = store.outbox_len()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DemoError::Io(e.to_string()))?;
+    let t = Instant::now();
+    let left = rt.block_on(async {
+        let fleet = crate::fleet::start(cfg, store.clone())?
+            .ok_or_else(|| ServiceError::Other("no [mqtt] table".into()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store.outbox_len().unwrap_or(1) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        fleet.shutdown().await;
+        Ok::<u64, ServiceError>(store.outbox_len().unwrap_or(before))
+    })?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if left > 0 {
+        return Err(DemoError::Io(format!(
+            "{left} of {before} event(s) not acknowledged by the broker within 30 s"
+        )));
+    }
+    progress(&format!(
+        "published {before} event(s) to the broker in {ms:.0} ms"
+    ));
+    Ok((before, ms))
 }
 
 /// Enrol every person of the roster into `store` (quality gates as `facegate enroll`).

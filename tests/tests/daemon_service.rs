@@ -21,12 +21,24 @@ fn journal_entries(path: &Path) -> Vec<BTreeMap<String, Value>> {
         .collect()
 }
 
-/// The demo through the real service wiring, logging into its own journald; then the fields a
-/// technician filters on are read back with `journalctl -D ... -o json`.
+/// The demo through the real service wiring, logging into its own journald and publishing its
+/// events to a real Mosquitto (mutual TLS); then the fields a technician filters on are read
+/// back with `journalctl -D ... -o json`.
 #[test]
-fn demo_scenarios_and_journal_fields() {
+fn demo_scenarios_journal_fields_and_broker() {
     let _ = models_dir();
     let out = tempfile::tempdir().unwrap();
+    let broker = facegate_tests::mosquitto::Broker::start("demo-site", &["door-7"]);
+    let client = broker.client("door-7");
+    let broker_cfg = out.path().join("broker.toml");
+    std::fs::write(
+        &broker_cfg,
+        format!(
+            "[device]\nsite = \"demo-site\"\nid = \"door-7\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+            broker.port, broker.ca, client.cert, client.key
+        ),
+    )
+    .unwrap();
     let status = Command::new("bash")
         .arg(repo_root().join("tests/journald/run.sh"))
         .arg(out.path())
@@ -37,6 +49,8 @@ fn demo_scenarios_and_journal_fields() {
         .arg(shared_dir().join("faces"))
         .arg("--models")
         .arg(models_dir())
+        .arg("--broker")
+        .arg(&broker_cfg)
         .status()
         .unwrap();
     assert_eq!(
@@ -77,6 +91,22 @@ fn demo_scenarios_and_journal_fields() {
         unknown.contains("(below_threshold)") || unknown.contains("(ambiguous_margin)"),
         "the unknown person must be denied by the matcher, not by liveness: {unknown}"
     );
+
+    // Every committed event was acknowledged by the broker (the outbox drained on PUBACKs).
+    let committed: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("outbox: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no outbox line:\n{stdout}"));
+    assert!(committed >= 6, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{committed} published and acknowledged by the broker"
+        )),
+        "{stdout}"
+    );
+    assert!(broker.log().contains("door-7"), "{}", broker.log());
 
     let entries = journal_entries(&out.path().join("journal.json"));
     let ours: Vec<_> = entries

@@ -71,6 +71,10 @@ pub struct DemoArgs {
     /// Print the events left in the outbox.
     #[arg(long)]
     pub show_events: bool,
+    /// Publish the events to the broker of this facegate config file (its [device] and [mqtt]
+    /// tables: host, port, CA, client certificate and key).
+    #[arg(long, value_name = "CONFIG")]
+    pub broker: Option<PathBuf>,
 }
 
 /// Run the service until SIGTERM/SIGINT.
@@ -114,12 +118,23 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "facegate demo: SIMULATED camera and door relay; RGB-only board profile (no IR/depth fitted)"
     );
+    let broker = match &args.broker {
+        None => None,
+        Some(p) => {
+            let c = facegate::config::Config::load(p).map_err(|e| bad_input(e.to_string()))?;
+            if c.mqtt.is_none() {
+                return Err(bad_input(format!("{}: no [mqtt] table", p.display())));
+            }
+            Some(c)
+        }
+    };
     let opts = DemoOptions {
         fixtures,
         people: args.people,
         models: args.models,
         fps: args.fps,
         timeout: Duration::from_secs(20),
+        broker,
     };
     let started = std::time::Instant::now();
     let report = demo::run(&opts, |line| println!("  {line}")).map_err(|e| match e {
@@ -180,10 +195,16 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             ),
         }
     }
-    println!(
-        "outbox: {} event(s) committed (not published: no broker)",
-        report.outbox.len()
-    );
+    match report.published {
+        Some((n, ms)) => println!(
+            "outbox: {} event(s) committed, {n} published and acknowledged by the broker in {ms:.0} ms",
+            report.outbox.len()
+        ),
+        None => println!(
+            "outbox: {} event(s) committed (not published: no --broker)",
+            report.outbox.len()
+        ),
+    }
     if args.show_events {
         for e in &report.outbox {
             println!("  {e}");
