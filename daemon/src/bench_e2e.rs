@@ -92,7 +92,7 @@ pub fn run(
         contact: None,
         button: None,
     };
-    let service = Service::start(&cfg, engines, store.clone(), hw, None, Some(observer))?;
+    let service = Service::start(&cfg, engines, store.clone(), hw, None, None, Some(observer))?;
     let face = Arc::new(Frame::open(&roster.probe.1).map_err(|e| DemoError::Io(e.to_string()))?);
 
     let mut frame_to_unlock = Vec::new();

@@ -354,7 +354,7 @@ pub fn run(opts: &DemoOptions, mut progress: impl FnMut(&str)) -> Result<DemoRep
         contact: None,
         button: None,
     };
-    let service = Service::start(&cfg, engines, store.clone(), hw, None, Some(observer))?;
+    let service = Service::start(&cfg, engines, store.clone(), hw, None, None, Some(observer))?;
 
     let mut results = Vec::new();
     for sc in script {
@@ -423,7 +423,7 @@ fn publish(
         .map_err(|e| DemoError::Io(e.to_string()))?;
     let t = Instant::now();
     let left = rt.block_on(async {
-        let fleet = crate::fleet::start(cfg, store.clone())?
+        let fleet = crate::fleet::start(cfg, store.clone(), crate::fleet::status_source(cfg))?
             .ok_or_else(|| ServiceError::Other("no [mqtt] table".into()))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while store.outbox_len().unwrap_or(1) > 0 && Instant::now() < deadline {

@@ -114,13 +114,16 @@ fn cause_text(c: &UnlockCause) -> String {
     }
 }
 
-/// Writes events to the outbox and the journal.
+/// Writes events to the outbox and the journal, and keeps the list of current faults that the
+/// retained MQTT status reports (a fault event adds its source, `fault_cleared` removes it).
 #[derive(Clone)]
 pub struct EventSink {
     store: Arc<Store>,
     device: String,
     limits: OutboxLimits,
     on_recorded: Option<Arc<dyn Fn() + Send + Sync>>,
+    faults: Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
+    status: Option<crate::mqtt::StatusSource>,
 }
 
 impl std::fmt::Debug for EventSink {
@@ -144,6 +147,58 @@ impl EventSink {
             device: device.into(),
             limits,
             on_recorded,
+            faults: Arc::default(),
+            status: None,
+        }
+    }
+
+    /// Mirror the current faults into this status source (published as `faults`).
+    pub fn with_status(mut self, status: crate::mqtt::StatusSource) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Current faults as `source: detail` lines.
+    pub fn faults(&self) -> Vec<String> {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect()
+    }
+
+    fn track_fault(&self, ev: &DaemonEvent) {
+        let change = match ev {
+            DaemonEvent::Fault { source, detail } => {
+                Some((source.to_string(), Some(detail.clone())))
+            }
+            DaemonEvent::Door(DoorEvent::Fault(m)) => Some(("door".to_string(), Some(m.clone()))),
+            DaemonEvent::Door(DoorEvent::FaultCleared(what)) => {
+                let key = match *what {
+                    "relay" | "door_contact" | "exit_button" => "door",
+                    other => other,
+                };
+                Some((key.to_string(), None))
+            }
+            _ => None,
+        };
+        let Some((source, detail)) = change else {
+            return;
+        };
+        let mut f = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        match detail {
+            Some(d) => {
+                f.insert(source, d);
+            }
+            None => {
+                f.remove(&source);
+            }
+        }
+        let list: Vec<String> = f.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        drop(f);
+        if let Some(s) = &self.status {
+            s.set_faults(list);
         }
     }
 
@@ -236,6 +291,7 @@ impl EventSink {
     /// logged as an error and returned; the caller has already acted safely (a denial, a
     /// relock) because recording never gates locking.
     pub fn record(&self, ev: &DaemonEvent, label: Option<&str>) -> Result<u64, StoreError> {
+        self.track_fault(ev);
         let out = Self::outbox_event(ev);
         let result = crate::mqtt::record_event(&self.store, &self.device, &out, &self.limits);
         let seq = result.as_ref().ok().map(|r| r.seq);
@@ -321,5 +377,45 @@ fn log_event(ev: &DaemonEvent, label: Option<&str>, seq: Option<u64>) {
         DaemonEvent::Fault { source, detail } => {
             tracing::error!(facegate_event = kind, fault_source = *source, detail = %detail, outbox_seq = seq.unwrap_or(0), "{source} fault: {detail}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Kek, KekSource, SecretKey};
+
+    #[test]
+    fn faults_reach_the_status_and_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = Kek::from_secret(SecretKey::random().unwrap(), KekSource::Memory);
+        let store = Arc::new(Store::create(&dir.path().join("s.redb"), &kek, "t").unwrap());
+        let status = crate::mqtt::StatusSource::new(vec![]);
+        let sink = EventSink::new(store.clone(), "d1", OutboxLimits::default(), None)
+            .with_status(status.clone());
+        sink.record(
+            &DaemonEvent::Fault {
+                source: "camera",
+                detail: "disconnected".into(),
+            },
+            None,
+        )
+        .unwrap();
+        sink.record(
+            &DaemonEvent::Door(DoorEvent::Fault("relay stuck".into())),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            *status.faults.lock().unwrap(),
+            vec!["camera: disconnected", "door: relay stuck"]
+        );
+        sink.record(&DaemonEvent::Door(DoorEvent::FaultCleared("camera")), None)
+            .unwrap();
+        sink.record(&DaemonEvent::Door(DoorEvent::FaultCleared("relay")), None)
+            .unwrap();
+        assert!(status.faults.lock().unwrap().is_empty());
+        // Every one of them is an outbox event too.
+        assert_eq!(store.outbox_len().unwrap(), 4);
     }
 }

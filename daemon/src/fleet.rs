@@ -76,17 +76,41 @@ pub fn verifier(cfg: &Config) -> Result<Option<Verifier>, ServiceError> {
     }))
 }
 
-/// Start the link when `[mqtt]` is configured.
-pub fn start(cfg: &Config, store: Arc<Store>) -> Result<Option<Fleet>, ServiceError> {
+/// The status source for this configuration: version and `id@version` of every model in use.
+pub fn status_source(cfg: &Config) -> StatusSource {
+    let manifest = crate::models::Manifest::embedded();
+    let mut ids = vec![
+        cfg.vision.detector.model.clone(),
+        cfg.vision.recognizer.model.clone(),
+    ];
+    ids.extend(
+        manifest
+            .models
+            .iter()
+            .filter(|e| e.role == crate::models::Role::Antispoof && e.default)
+            .map(|e| e.id.clone()),
+    );
+    StatusSource::new(
+        ids.into_iter()
+            .map(|id| match manifest.get(&id) {
+                Ok(e) => format!("{id}@{}", &e.sha256[..12]),
+                Err(_) => id,
+            })
+            .collect(),
+    )
+}
+
+/// Start the link when `[mqtt]` is configured; `status` carries the faults the daemon reports.
+pub fn start(
+    cfg: &Config,
+    store: Arc<Store>,
+    status: StatusSource,
+) -> Result<Option<Fleet>, ServiceError> {
     let Some(m) = cfg.mqtt.clone() else {
         tracing::info!("no [mqtt] section: offline terminal, events stay in the outbox");
         return Ok(None);
     };
     let tls = crate::mqtt::tls::from_config(&m).map_err(|e| ServiceError::Other(e.to_string()))?;
-    let status = StatusSource::new(vec![
-        cfg.vision.detector.model.clone(),
-        cfg.vision.recognizer.model.clone(),
-    ]);
     let (link, handle) = FleetLink::new(store, m, tls, verifier(cfg)?, status)
         .map_err(|e| ServiceError::Other(e.to_string()))?;
     let (tx, rx) = mpsc::channel(8);

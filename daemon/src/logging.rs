@@ -56,8 +56,10 @@ pub fn init(prefer_journal: bool, default_level: &str) -> LogTarget {
             Err(e) => eprintln!("facegate: journal unavailable ({e}); logging to stderr"),
         }
     }
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter(default_level))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
     LogTarget::Stderr

@@ -235,6 +235,7 @@ impl Service {
         store: Arc<Store>,
         hw: Hardware,
         wake_publisher: Option<Arc<dyn Fn() + Send + Sync>>,
+        status: Option<crate::mqtt::StatusSource>,
         observer: Option<Observer>,
     ) -> Result<Service, ServiceError> {
         let model = (
@@ -245,7 +246,10 @@ impl Service {
             &store,
             Some((&model.0, &model.1)),
         )?));
-        let sink = EventSink::new(store.clone(), &cfg.device.id, cfg.outbox, wake_publisher);
+        let mut sink = EventSink::new(store.clone(), &cfg.device.id, cfg.outbox, wake_publisher);
+        if let Some(s) = status {
+            sink = sink.with_status(s);
+        }
 
         // Door thread.
         let (door_tx, door_rx) = mpsc::channel();
@@ -432,9 +436,10 @@ pub async fn run(config_path: &Path) -> Result<(), ServiceError> {
     install_panic_relock(hw.relay.clone());
 
     // Fleet link (optional).
-    let mut fleet = crate::fleet::start(&cfg, store.clone())?;
+    let status = crate::fleet::status_source(&cfg);
+    let mut fleet = crate::fleet::start(&cfg, store.clone(), status.clone())?;
     let wake = fleet.as_ref().map(|f| f.waker());
-    let service = Service::start(&cfg, engines, store.clone(), hw, wake, None)?;
+    let service = Service::start(&cfg, engines, store.clone(), hw, wake, Some(status), None)?;
     let mut commands = fleet.as_mut().and_then(|f| f.take_commands());
     let ready = format!(
         "ready in {:.1} s: {}",

@@ -53,6 +53,7 @@ pub enum Command {
         json: bool,
     },
     /// Build and sign a bundle
+    #[command(disable_version_flag = true)]
     Create {
         /// JSON file of people with template vectors (see module docs)
         #[arg(long, value_name = "FILE", conflicts_with = "from_store")]
