@@ -18,6 +18,7 @@
 //! - [`matcher`]: the in-memory 1:N matcher with look-alike margin;
 //! - [`bundle`]: signed, site-encrypted template bundles from fleet operators;
 //! - [`mqtt`]: fleet sync over mutual-TLS MQTT (outbox publisher, status, bundles, commands);
+//! - [`eval`]: verification accuracy on labelled pairs (accuracy, TAR at FAR, EER);
 //! - [`bench`]: measured figures for every stage (never timed tests).
 
 #![warn(missing_docs)]
@@ -28,6 +29,7 @@ pub mod bundle;
 pub mod detect;
 pub mod embed;
 pub mod enroll;
+pub mod eval;
 pub mod liveness;
 pub mod matcher;
 pub mod models;

@@ -47,6 +47,7 @@ pub mod common;
 pub mod devices;
 pub mod enroll;
 pub mod erase;
+pub mod eval;
 pub mod keys;
 pub mod liveness;
 pub mod models;
