@@ -28,6 +28,11 @@ pub enum BenchCmd {
     Match(super::bench_match::Args),
     /// Presentation-attack detection figures (ISO/IEC 30107-3 APCER/BPCER) per check and fused.
     Pad(super::bench_pad::Args),
+    /// Ours vs the reference pipeline (OpenCV + onnxruntime + FAISS), interleaved, with ratios.
+    Compare(super::bench_compare::Args),
+    /// Memory of a fresh process holding all models and a gallery (run by `compare`).
+    #[command(hide = true)]
+    RssProbe(super::bench_compare::ProbeArgs),
 }
 
 fn default_images() -> Option<PathBuf> {
@@ -70,5 +75,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         }
         BenchCmd::Match(a) => super::bench_match::run(a),
         BenchCmd::Pad(a) => super::bench_pad::run(a),
+        BenchCmd::Compare(a) => super::bench_compare::run(a),
+        BenchCmd::RssProbe(a) => super::bench_compare::rss_probe(a),
     }
 }

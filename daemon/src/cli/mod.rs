@@ -40,6 +40,7 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 
 pub mod audit;
 pub mod bench;
+pub mod bench_compare;
 pub mod bench_match;
 pub mod bench_pad;
 pub mod bundle;
