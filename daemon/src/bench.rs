@@ -1,15 +1,24 @@
 //! Measured performance figures (`facegate bench ...`): performance lives here, never in timed tests.
 //!
 //! Every number printed is measured in the same run on the same machine; nothing is estimated or
-//! copied. `bench vision` times each stage of the vision core over a set of still images.
+//! copied. `bench vision` times each stage of the vision core over a set of still images;
+//! [`time_to_decision`], [`random_gallery`] and the `/proc` readers are the building blocks of
+//! `bench compare`, which sets them side by side with the reference pipeline.
 
+use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use facegate_hal::Frame;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use zeroize::Zeroizing;
 
+use crate::liveness::PassiveAntiSpoof;
+use crate::matcher::{MatchParams, Matcher};
+use crate::store::{EMBEDDING_DIM, Template, TemplateKind, TemplateMeta};
 use crate::vision::{StageTimes, Vision, VisionError};
+use crate::{align, detect};
 
 /// Median and 95th percentile of a set of durations, in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -182,6 +191,158 @@ pub fn vision(
     })
 }
 
+/// Why a timed decision could not be made (a missing face is not an error: it is `Ok(None)`).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The image bytes do not decode.
+    #[error("image does not decode: {0}")]
+    Decode(String),
+    /// A model failed.
+    #[error(transparent)]
+    Vision(#[from] VisionError),
+}
+
+/// Wall time of each stage of one access decision, in pipeline order.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DecisionTimes {
+    /// JPEG/PNG decode of bytes already in memory.
+    pub decode: Duration,
+    /// Scale to the working frame (long side <= 640).
+    pub prepare: Duration,
+    /// YuNet.
+    pub detect: Duration,
+    /// The three passive anti-spoof models, crops included.
+    pub passive: Duration,
+    /// Similarity warp to 112x112.
+    pub align: Duration,
+    /// SFace.
+    pub embed: Duration,
+    /// 1:N identify over the gallery.
+    pub matching: Duration,
+    /// Decode to decision, one interval (not the sum of the above).
+    pub total: Duration,
+}
+
+/// One access decision on encoded image bytes, timed per stage: decode, prepare, detect, passive
+/// liveness, align, embed, identify. Every stage runs even when liveness fails, so the figure is
+/// the cost of a genuine (live, enrolled-size gallery) decision. `Ok(None)`: no face.
+pub fn time_to_decision(
+    vision: &Vision,
+    passive: &PassiveAntiSpoof,
+    matcher: &Matcher,
+    params: &MatchParams,
+    bytes: &[u8],
+) -> Result<Option<DecisionTimes>, BenchError> {
+    let t0 = Instant::now();
+    let frame = Frame::decode(bytes).map_err(|e| BenchError::Decode(e.to_string()))?;
+    let t1 = Instant::now();
+    let work = vision.working(&frame)?;
+    let t2 = Instant::now();
+    let faces = vision
+        .detector
+        .detect(&work.frame)
+        .map_err(VisionError::from)?;
+    let t3 = Instant::now();
+    let Some(i) = detect::largest(&faces) else {
+        return Ok(None);
+    };
+    let scores = passive
+        .score(&frame, &work.face_to_original(&faces[i]))
+        .map_err(VisionError::from)?;
+    black_box(passive.passes(&scores));
+    let t4 = Instant::now();
+    let crop = align::align(&work.frame, &faces[i].landmarks).map_err(VisionError::from)?;
+    let t5 = Instant::now();
+    let embedding = vision.embedder.embed(&crop).map_err(VisionError::from)?;
+    let t6 = Instant::now();
+    black_box(matcher.identify(embedding.as_slice(), params));
+    let t7 = Instant::now();
+    Ok(Some(DecisionTimes {
+        decode: t1 - t0,
+        prepare: t2 - t1,
+        detect: t3 - t2,
+        passive: t4 - t3,
+        align: t5 - t4,
+        embed: t6 - t5,
+        matching: t7 - t6,
+        total: t7 - t0,
+    }))
+}
+
+/// Uniform random unit vector (Box–Muller Gaussians, normalised): galleries with no structure a
+/// search could exploit, for matcher benchmarks.
+pub fn random_unit(rng: &mut impl Rng) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..EMBEDDING_DIM)
+        .map(|_| {
+            let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+            (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+/// A matcher over `n` random unit templates, two per person (as enrolment keeps anchors), built
+/// in memory without a store: what `bench compare` scans.
+pub fn random_gallery(n: usize, seed: u64) -> Matcher {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let templates: Vec<Template> = (0..n)
+        .map(|i| Template {
+            person_id: format!("p{:07}", i / 2),
+            meta: TemplateMeta {
+                seq: i as u64,
+                kind: TemplateKind::Anchor,
+                model_id: "bench".into(),
+                model_version: "1".into(),
+                quality: Default::default(),
+                created: 0,
+            },
+            vector: Zeroizing::new(random_unit(&mut rng)),
+        })
+        .collect();
+    // Every vector is a finite unit vector by construction.
+    Matcher::from_templates(&templates, None, 0).expect("random unit templates are valid")
+}
+
+/// Time `identify` once per query (after five untimed warm-up calls).
+pub fn identify_samples(
+    matcher: &Matcher,
+    queries: &[Vec<f32>],
+    params: &MatchParams,
+) -> Vec<Duration> {
+    for q in queries.iter().take(5) {
+        black_box(matcher.identify(q, params));
+    }
+    queries
+        .iter()
+        .map(|q| {
+            let t = Instant::now();
+            black_box(matcher.identify(black_box(q), params));
+            t.elapsed()
+        })
+        .collect()
+}
+
+/// A numeric field of `/proc/self/status` (`VmRSS`, `VmHWM` in kB; `Threads`), `None` off Linux.
+pub fn proc_status(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// The CPU as `/proc/cpuinfo` names it (x86 `model name`, Arm `Model`/`Hardware`), for reports.
+pub fn cpu_model() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    ["model name", "Model", "Hardware"].iter().find_map(|key| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == *key).then(|| v.trim().to_string())
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +357,29 @@ mod tests {
         assert!(Summary::of(&[]).is_none());
         let one = Summary::of(&[Duration::from_millis(3)]).unwrap();
         assert_eq!((one.median_ms, one.p95_ms), (3.0, 3.0));
+    }
+
+    #[test]
+    fn random_gallery_is_unit_and_reproducible() {
+        let g = random_gallery(10, 3);
+        assert_eq!((g.len(), g.people()), (10, 5));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let q = random_unit(&mut rng);
+        assert!((q.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
+        assert_eq!(
+            random_gallery(10, 3).scores(&q),
+            g.scores(&q),
+            "same seed, same gallery"
+        );
+    }
+
+    #[test]
+    fn proc_status_reads_memory_and_threads() {
+        if cfg!(target_os = "linux") {
+            assert!(proc_status("VmRSS").unwrap() > 0);
+            assert!(proc_status("VmHWM").unwrap() >= proc_status("VmRSS").unwrap() / 2);
+            assert!(proc_status("Threads").unwrap() >= 1);
+            assert!(proc_status("NoSuchField").is_none());
+        }
     }
 }

@@ -154,8 +154,9 @@ pub struct Detector {
     bytes: Vec<u8>,
     /// Largest input (width, height) before the frame is scaled down.
     max_input: (usize, usize),
-    /// One optimised plan per padded input size (a camera stream needs exactly one).
-    plans: Mutex<HashMap<(usize, usize), Arc<TypedRunnableModel>>>,
+    /// One optimised plan (with its reusable state) per padded input size; a camera stream
+    /// needs exactly one.
+    plans: Mutex<HashMap<(usize, usize), Arc<models::Runner>>>,
     load_time: std::time::Duration,
 }
 
@@ -196,18 +197,23 @@ impl Detector {
         // Plan the nominal size now: a corrupt or unsupported file fails at start-up, not on the
         // first face, and the common camera geometry is ready.
         d.plan((max_input.0.div_ceil(32) * 32, max_input.1.div_ceil(32) * 32))?;
+        models::release_freed_memory();
         Ok(Self {
             load_time: start.elapsed(),
             ..d
         })
     }
 
-    fn plan(&self, size: (usize, usize)) -> Result<Arc<TypedRunnableModel>, ModelError> {
+    fn plan(&self, size: (usize, usize)) -> Result<Arc<models::Runner>, ModelError> {
         let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = plans.get(&size) {
             return Ok(p.clone());
         }
-        let p = models::plan_for_shape(&self.entry, &self.bytes, &[1, 3, size.1, size.0])?;
+        let p = Arc::new(models::Runner::new(models::plan_for_shape(
+            &self.entry,
+            &self.bytes,
+            &[1, 3, size.1, size.0],
+        )?));
         // A camera needs one size; a batch of photos many. Bound the memory plans can take.
         if plans.len() >= MAX_PLANS {
             plans.clear();

@@ -160,7 +160,6 @@ impl Embedder {
             .map_err(|e| EmbedError::Inference(format!("input: {e}")))?;
         let out = self
             .model
-            .plan
             .run(tvec!(input.into()))
             .map_err(|e| EmbedError::Inference(format!("{e:#}")))?;
         let first = out

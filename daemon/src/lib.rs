@@ -27,6 +27,7 @@
 //!   [`config`] is its file, [`logging`] its journal, [`fleet`] its MQTT side;
 //! - [`doctor`]: on-site checks, each with a fix hint;
 //! - [`demo`]: the scripted end-to-end session with SIMULATED devices;
+//! - [`eval`]: verification accuracy on labelled pairs (accuracy, TAR at FAR, EER);
 //! - [`bench`], [`bench_e2e`]: measured figures for every stage and end to end (never timed tests).
 
 #![warn(missing_docs)]
@@ -42,6 +43,7 @@ pub mod doctor;
 pub mod door;
 pub mod embed;
 pub mod enroll;
+pub mod eval;
 pub mod events;
 pub mod fleet;
 pub mod liveness;

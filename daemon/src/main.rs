@@ -68,6 +68,9 @@ enum Command {
     /// Measure performance (prints figures measured in this run).
     #[command(subcommand)]
     Bench(cli::bench::BenchCmd),
+    /// Measure accuracy on labelled data (pairs: accuracy, TAR at FAR, EER).
+    #[command(subcommand)]
+    Eval(cli::eval::EvalCmd),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Liveness(a) => cli::liveness::run(a),
         Command::Devices(a) => cli::devices::run(a),
         Command::Bench(c) => cli::bench::run(c),
+        Command::Eval(c) => cli::eval::run(c),
         Command::Enroll(a) => cli::enroll::enroll(a),
         Command::Identify(a) => cli::enroll::identify(a),
         Command::Keys { cmd } => cli::keys::run(cmd),

@@ -10,7 +10,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -430,6 +430,61 @@ fn install_atomically(target: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     result
 }
 
+/// An optimised plan with one execution state kept between runs.
+///
+/// `SimplePlan::run` builds a fresh state (every op's state, the value table) per call; a
+/// terminal runs the same network on every frame, so the state is built once and reused. Same
+/// plan, same kernels: outputs are identical. A caller that finds the state busy (another thread
+/// is running this model) gets a fresh state instead of waiting.
+pub struct Runner {
+    plan: Arc<TypedRunnableModel>,
+    state: Mutex<Option<TypedSimpleState>>,
+}
+
+impl Runner {
+    /// Wrap a plan; the state is created on the first run.
+    pub fn new(plan: Arc<TypedRunnableModel>) -> Self {
+        Self {
+            plan,
+            state: Mutex::new(None),
+        }
+    }
+
+    /// The plan this runner executes.
+    pub fn plan(&self) -> &Arc<TypedRunnableModel> {
+        &self.plan
+    }
+
+    /// Run the network on `inputs`, reusing the kept state when it is free.
+    pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let Ok(mut guard) = self.state.try_lock() else {
+            return self.plan.run(inputs);
+        };
+        let state = match guard.take() {
+            Some(s) => s,
+            None => self.plan.spawn()?,
+        };
+        let mut state = state;
+        let out = state.run(inputs);
+        // A failed run may leave partial values behind: only a clean state is kept.
+        if out.is_ok() {
+            *guard = Some(state);
+        }
+        out
+    }
+}
+
+/// Give the heap pages freed while loading (ONNX protobufs, unfolded weights, intermediate
+/// graphs) back to the OS. glibc keeps freed memory for reuse, so without this a terminal's
+/// resident size stays near its load-time peak for its whole life. No-op off glibc.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A model compiled into an optimised tract plan, with the facts we need at run time.
 pub struct LoadedModel {
     /// The manifest entry it was loaded from.
@@ -438,6 +493,14 @@ pub struct LoadedModel {
     pub plan: Arc<TypedRunnableModel>,
     /// Wall time spent verifying, parsing and optimising (reported by `bench`).
     pub load_time: std::time::Duration,
+    runner: Runner,
+}
+
+impl LoadedModel {
+    /// Run the model, reusing its execution state (see [`Runner`]).
+    pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        self.runner.run(inputs)
+    }
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -459,20 +522,42 @@ pub fn f32_output(v: &TValue) -> Result<&[f32], String> {
 /// Parse verified ONNX bytes into an inference model, folding constant block-quantized
 /// `DequantizeLinear` nodes first (see [`crate::onnx_fold`]).
 pub fn parse_onnx(entry: &ModelEntry, bytes: &[u8]) -> Result<InferenceModel, ModelError> {
+    model_from_proto(entry, parse_proto(entry, bytes)?)
+}
+
+fn onnx_loader() -> tract_onnx::Onnx {
+    // Declared shapes are ignored: input sizes are set per plan (YuNet runs at the frame size).
+    tract_onnx::onnx()
+        .with_ignore_value_info(true)
+        .with_ignore_output_shapes(true)
+}
+
+fn parse_proto(entry: &ModelEntry, bytes: &[u8]) -> Result<tract_onnx::pb::ModelProto, ModelError> {
+    onnx_loader()
+        .proto_model_for_read(&mut &bytes[..])
+        .map_err(|e| ModelError::Runtime {
+            file: entry.file.clone(),
+            why: format!("{e:#}"),
+        })
+}
+
+/// Fold, then build tract's model; the protobuf is dropped (and its pages returned) before the
+/// caller optimises, so the folded fp32 weights exist twice only for the conversion itself.
+fn model_from_proto(
+    entry: &ModelEntry,
+    mut proto: tract_onnx::pb::ModelProto,
+) -> Result<InferenceModel, ModelError> {
     let rt = |why: String| ModelError::Runtime {
         file: entry.file.clone(),
         why,
     };
-    // Declared shapes are ignored: input sizes are set per plan (YuNet runs at the frame size).
-    let onnx = tract_onnx::onnx()
-        .with_ignore_value_info(true)
-        .with_ignore_output_shapes(true);
-    let mut proto = onnx
-        .proto_model_for_read(&mut &bytes[..])
-        .map_err(|e| rt(format!("{e:#}")))?;
     crate::onnx_fold::fold_constant_dequantize(&mut proto).map_err(|e| rt(e.to_string()))?;
-    onnx.model_for_proto_model(&proto)
-        .map_err(|e| rt(format!("{e:#}")))
+    let model = onnx_loader()
+        .model_for_proto_model(&proto)
+        .map_err(|e| rt(format!("{e:#}")));
+    drop(proto);
+    release_freed_memory();
+    model
 }
 
 /// Verify, parse and optimise a model for a fixed NCHW f32 input shape.
@@ -483,9 +568,14 @@ pub fn load_model(
 ) -> Result<LoadedModel, ModelError> {
     let start = Instant::now();
     let bytes = read_verified(entry, dir)?;
-    let plan = plan_for_shape(entry, &bytes, input_shape)?;
+    // The file's bytes are not needed once parsed: free them before the weights are unfolded.
+    let proto = parse_proto(entry, &bytes)?;
+    drop(bytes);
+    let plan = optimise(entry, model_from_proto(entry, proto)?, input_shape)?;
+    release_freed_memory();
     Ok(LoadedModel {
         entry: entry.clone(),
+        runner: Runner::new(plan.clone()),
         plan,
         load_time: start.elapsed(),
     })
@@ -498,16 +588,22 @@ pub fn plan_for_shape(
     bytes: &[u8],
     input_shape: &[usize],
 ) -> Result<Arc<TypedRunnableModel>, ModelError> {
-    let rt = |why: String| ModelError::Runtime {
-        file: entry.file.clone(),
-        why,
-    };
-    let model = parse_onnx(entry, bytes)?;
+    optimise(entry, parse_onnx(entry, bytes)?, input_shape)
+}
+
+fn optimise(
+    entry: &ModelEntry,
+    model: InferenceModel,
+    input_shape: &[usize],
+) -> Result<Arc<TypedRunnableModel>, ModelError> {
     model
         .with_input_fact(0, f32::fact(input_shape).into())
         .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())
-        .map_err(|e| rt(format!("{e:#}")))
+        .map_err(|e| ModelError::Runtime {
+            file: entry.file.clone(),
+            why: format!("{e:#}"),
+        })
 }
 
 #[cfg(test)]

@@ -67,8 +67,13 @@ pub fn vision() -> &'static Vision {
     })
 }
 
-/// The `facegate` binary built alongside these tests (`cargo test --workspace` builds it).
+/// The `facegate` binary built alongside these tests (`cargo test --workspace` builds it), or
+/// `$FACEGATE_BIN` when set: a target directory shared between checkouts holds whichever
+/// checkout's binary was linked last.
 pub fn facegate_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("FACEGATE_BIN").filter(|v| !v.is_empty()) {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> -> target/<profile>/facegate
     let profile_dir = exe

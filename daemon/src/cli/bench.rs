@@ -30,6 +30,11 @@ pub enum BenchCmd {
     Pad(super::bench_pad::Args),
     /// Time to decision through the daemon path, frames/s, cold start to READY and peak RSS.
     E2e(super::bench_e2e::Args),
+    /// Ours vs the reference pipeline (OpenCV + onnxruntime + FAISS), interleaved, with ratios.
+    Compare(super::bench_compare::Args),
+    /// Memory of a fresh process holding all models and a gallery (run by `compare`).
+    #[command(hide = true)]
+    RssProbe(super::bench_compare::ProbeArgs),
 }
 
 fn default_images() -> Option<PathBuf> {
@@ -73,5 +78,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Match(a) => super::bench_match::run(a),
         BenchCmd::Pad(a) => super::bench_pad::run(a),
         BenchCmd::E2e(a) => super::bench_e2e::run(a),
+        BenchCmd::Compare(a) => super::bench_compare::run(a),
+        BenchCmd::RssProbe(a) => super::bench_compare::rss_probe(a),
     }
 }

@@ -82,7 +82,7 @@ fn process_figures(args: &Args, probe: &std::path::Path) -> anyhow::Result<Proce
                 (0..per)
                     .map(|_| {
                         NewTemplate::anchor(
-                            super::bench_match::random_unit(&mut rng),
+                            facegate::bench::random_unit(&mut rng),
                             "sface",
                             version,
                         )

@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use facegate::bench::random_unit;
 use facegate::matcher::{MatchParams, Matcher};
 use facegate::store::{EMBEDDING_DIM, Kek, KekSource, NewPerson, NewTemplate, SecretKey, Store};
-use rand::Rng;
 use serde::Serialize;
 
 use super::keys::store_err;
@@ -45,19 +45,6 @@ struct Row {
     identify_median_us: f64,
     identify_p99_us: f64,
     queries: usize,
-}
-
-/// Uniform random unit vector (Box–Muller Gaussians, normalised).
-pub(crate) fn random_unit(rng: &mut impl Rng) -> Vec<f32> {
-    let mut v: Vec<f32> = (0..EMBEDDING_DIM)
-        .map(|_| {
-            let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
-            (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-        })
-        .collect();
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|x| *x /= n);
-    v
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -229,19 +229,23 @@ pub fn identify(args: IdentifyArgs) -> anyhow::Result<()> {
             Ok(())
         }
     };
-    let Some(fe) = vision.largest_face_embedding(&frame)? else {
+    // Liveness before the embedding: a presentation attack is refused without running SFace.
+    let work = vision.working(&frame)?;
+    let faces = vision.detector.detect(&work.frame)?;
+    let Some(i) = facegate::detect::largest(&faces) else {
         return out(None, 0.0, None, "denied", Some("no_face".into()), None);
     };
     let mut live = None;
     if !args.no_liveness {
         let passive = load_passive(&args.models)?;
-        let s = passive.score(&frame, &fe.face)?;
+        let s = passive.score(&frame, &work.face_to_original(&faces[i]))?;
         live = Some(s.fused);
         if !passive.passes(&s) {
             return out(None, 0.0, None, "denied", Some("liveness".into()), live);
         }
     }
-    let r = matcher.identify(fe.embedding.as_slice(), &params);
+    let embedding = vision.embed_face(&work, &faces[i])?;
+    let r = matcher.identify(embedding.as_slice(), &params);
     let reason = r.reason.map(|x| {
         serde_json::to_value(x)
             .ok()

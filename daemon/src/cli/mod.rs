@@ -40,6 +40,7 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 
 pub mod audit;
 pub mod bench;
+pub mod bench_compare;
 pub mod bench_e2e;
 pub mod bench_match;
 pub mod bench_pad;
@@ -51,6 +52,7 @@ pub mod daemon;
 pub mod devices;
 pub mod enroll;
 pub mod erase;
+pub mod eval;
 pub mod keys;
 pub mod liveness;
 pub mod models;

@@ -208,7 +208,6 @@ fn run<const N: usize>(m: &LoadedModel, input: Tensor) -> Result<[f32; N], Passi
         why,
     };
     let out = m
-        .plan
         .run(tvec!(input.into()))
         .map_err(|e| err(format!("{e:#}")))?;
     let first = out.first().ok_or_else(|| err("no output".into()))?;
@@ -316,12 +315,22 @@ pub fn square_reflect_crop(f: &Frame, b: &[f32; 4], k: f64, out: u32) -> Frame {
     let x0 = (x + w / 2.0 - half).trunc() as i64;
     let y0 = (y + h / 2.0 - half).trunc() as i64;
     let (fw, fh) = (f.width() as i64, f.height() as i64);
-    let cols: Vec<usize> = (x0..x0 + side).map(|i| reflect101(i, fw)).collect();
+    // Columns inside the frame are one contiguous copy per row; only the reflected margins go
+    // pixel by pixel (same bytes as mapping every column through reflect101).
+    let (lo, hi) = (x0.clamp(0, fw), (x0 + side).clamp(0, fw));
     let mut data = Vec::with_capacity((3 * side * side) as usize);
     for yy in y0..y0 + side {
         let row = f.row(reflect101(yy, fh) as u32);
-        for &c in &cols {
+        let px = |data: &mut Vec<u8>, i: i64| {
+            let c = reflect101(i, fw);
             data.extend_from_slice(&row[3 * c..3 * c + 3]);
+        };
+        if lo < hi {
+            (x0..lo).for_each(|i| px(&mut data, i));
+            data.extend_from_slice(&row[3 * lo as usize..3 * hi as usize]);
+            (hi..x0 + side).for_each(|i| px(&mut data, i));
+        } else {
+            (x0..x0 + side).for_each(|i| px(&mut data, i));
         }
     }
     let sq = Frame::from_rgb8(side as u32, side as u32, data).expect("square crop geometry");
@@ -339,6 +348,49 @@ mod tests {
         // OpenCV: gfedcb|abcdefgh|gfedcba pattern for n=4: indices
         assert_eq!(got, vec![1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2]);
         assert_eq!(reflect101(-3, 1), 0);
+    }
+
+    /// The square crop before it copied in-frame runs at once: every column through reflect101.
+    fn square_reflect_crop_per_pixel(f: &Frame, b: &[f32; 4], k: f64, out: u32) -> Frame {
+        let (x, y, w, h) = (b[0] as f64, b[1] as f64, b[2] as f64, b[3] as f64);
+        let side = (k * w.max(h)).trunc() as i64;
+        let half = k * w.max(h) / 2.0;
+        let x0 = (x + w / 2.0 - half).trunc() as i64;
+        let y0 = (y + h / 2.0 - half).trunc() as i64;
+        let (fw, fh) = (f.width() as i64, f.height() as i64);
+        let mut data = Vec::new();
+        for yy in y0..y0 + side {
+            let row = f.row(reflect101(yy, fh) as u32);
+            for i in x0..x0 + side {
+                let c = reflect101(i, fw);
+                data.extend_from_slice(&row[3 * c..3 * c + 3]);
+            }
+        }
+        Frame::from_rgb8(side as u32, side as u32, data)
+            .unwrap()
+            .resize_linear(out, out)
+            .unwrap()
+    }
+
+    #[test]
+    fn square_reflect_crop_matches_per_pixel_reference() {
+        let (w, h) = (97u32, 61u32);
+        let px: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 251) as u8).collect();
+        let f = Frame::from_rgb8(w, h, px).unwrap();
+        // Inside, over each border, larger than the frame, and entirely outside it.
+        for b in [
+            [30.0, 20.0, 20.0, 18.0],
+            [-10.0, -5.0, 30.0, 25.0],
+            [80.0, 50.0, 30.0, 25.0],
+            [-20.0, -20.0, 140.0, 100.0],
+            [150.0, 10.0, 10.0, 10.0],
+        ] {
+            assert_eq!(
+                square_reflect_crop(&f, &b, 1.5, 32).data(),
+                square_reflect_crop_per_pixel(&f, &b, 1.5, 32).data(),
+                "box {b:?}"
+            );
+        }
     }
 
     #[test]
