@@ -23,7 +23,10 @@ have_libclang() {
   return 1
 }
 have_libclang || need_pkgs+=(libclang1-14)
-dpkg -s libturbojpeg0-dev >/dev/null 2>&1 || need_pkgs+=(libturbojpeg0-dev)
+# Qualified with the native architecture: once a foreign one is added for cross builds
+# (scripts/cross.sh), an unqualified `dpkg -s` of a multi-arch package is ambiguous and fails.
+arch="$(dpkg --print-architecture)"
+dpkg -s "libturbojpeg0-dev:$arch" >/dev/null 2>&1 || need_pkgs+=("libturbojpeg0-dev:$arch")
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
 
@@ -34,7 +37,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   fi
   echo "setup: installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  # A mirror mid-sync for one (foreign) architecture must not stop the install of native
+  # packages: apt-get install below fails clearly if something needed is really missing.
+  apt-get update -qq || echo "setup: apt-get update reported errors (continuing; install decides)" >&2
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
 fi
 echo "setup: system packages present"
