@@ -42,7 +42,9 @@ as_root_apt() {
 apt_updated=0
 apt_update_once() {
     if [[ $apt_updated == 0 && $EUID -eq 0 ]]; then
-        apt-get update -qq >>"$CACHE/apt.log" 2>&1 || cannot_run "apt-get update failed (no access to the package archive?)"
+        # An index that fails for one (e.g. foreign, cross-build) architecture must not stop the
+        # native install; apt-get install below says clearly if a package is really unavailable.
+        apt-get update -qq >>"$CACHE/apt.log" 2>&1 || log "apt-get update reported errors (continuing; see $CACHE/apt.log)"
         apt_updated=1
     fi
 }
