@@ -29,6 +29,9 @@ elif [ "$vm" -ne 0 ]; then
   exit "$vm"
 fi
 
+echo "== packaging: systemd unit, sysusers/tmpfiles, sandbox exposure, Yocto layer (oelint-adv)"
+bash scripts/check-packaging.sh
+
 echo "== cargo test --workspace"
 # --nocapture: the golden tests print the figures they measured (min same / max different, ...).
 # --all-targets: unit, integration and example targets (the crates have no doc tests to run).
