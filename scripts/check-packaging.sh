@@ -145,9 +145,12 @@ if bad:
 print(f"check-packaging: facegate-models recipe: the {len(want)} models.toml URLs, file names and SHA-256 pins")
 EOF
 # Every repository file the facegate recipe installs must exist (e.g. config/facegate.toml).
-for p in $(grep -o '\${S}/[A-Za-z0-9_./-]*' "$LAYER/recipes-facegate/facegate/facegate_0.1.0.bb" | sed 's#^\${S}/##' | sort -u); do
+# shellcheck disable=SC2016 # a literal ${S}, as written in the recipe
+mapfile -t installed < <(grep -o '\${S}/[A-Za-z0-9_./-]*' "$LAYER/recipes-facegate/facegate/facegate_0.1.0.bb" | sed 's#^\${S}/##' | sort -u)
+for p in "${installed[@]}"; do
     [[ -e $p ]] || fail "facegate_0.1.0.bb installs \${S}/$p, which does not exist in the repository"
 done
+((${#installed[@]})) || fail "found no \${S}/... paths in facegate_0.1.0.bb (check the pattern)"
 
 # --- 5. oelint-adv --------------------------------------------------------------------------------
 if [[ ! -x $venv/bin/oelint-adv ]] || [[ "$("$venv/bin/oelint-adv" --version 2>/dev/null)" != *"$OELINT_VERSION"* ]]; then

@@ -62,8 +62,8 @@ while (($#)); do
 done
 
 case "$arch" in
-    aarch64) triple=aarch64-unknown-linux-gnu;     debarch=arm64; gnu=aarch64-linux-gnu;     qemu=qemu-aarch64-static ;;
-    armv7)   triple=armv7-unknown-linux-gnueabihf; debarch=armhf; gnu=arm-linux-gnueabihf;   qemu=qemu-arm-static ;;
+    aarch64) triple="aarch64-unknown-linux-gnu"     debarch="arm64" gnu="aarch64-linux-gnu"   qemu="qemu-aarch64-static" ;;
+    armv7)   triple="armv7-unknown-linux-gnueabihf" debarch="armhf" gnu="arm-linux-gnueabihf" qemu="qemu-arm-static" ;;
 esac
 case "$profile" in
     release | cross-ci) ;;
@@ -147,7 +147,10 @@ if cargo metadata --no-deps --format-version 1 --locked 2>/dev/null |
     python3 -c 'import json,sys; m=json.load(sys.stdin); sys.exit(0 if any(p["name"]=="facegate" and "gpio" in p["features"] for p in m["packages"]) else 1)'; then
     features+=(gpio)
 fi
-[[ -n "${FACEGATE_FEATURES:-}" ]] && features+=(${FACEGATE_FEATURES//,/ })
+if [[ -n "${FACEGATE_FEATURES:-}" ]]; then
+    IFS=', ' read -ra extra_features <<<"$FACEGATE_FEATURES"
+    features+=("${extra_features[@]}")
+fi
 feat_args=()
 ((${#features[@]})) && feat_args=(--features "$(IFS=,; echo "${features[*]}")")
 

@@ -35,7 +35,9 @@ fn read_pem(path: &Path, secret: bool) -> Result<Zeroizing<Vec<u8>>> {
     if !md.is_file() || md.len() > MAX_PEM {
         return Err(cred_err(path, "not a regular file of reasonable size"));
     }
-    if secret && md.mode() & 0o077 != 0 {
+    // systemd credentials may arrive root-owned with an ACL (0440 on systemd >= 254): the
+    // directory is private to the service, so the mode rule is for hand-placed files only.
+    if secret && md.mode() & 0o077 != 0 && !crate::store::keys::is_systemd_credential(path) {
         return Err(cred_err(
             path,
             format!(

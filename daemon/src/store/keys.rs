@@ -83,7 +83,7 @@ impl Kek {
         }
         if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
             let p = Path::new(&dir).join(CREDENTIAL_NAME);
-            let key = read_key_file(&p)?;
+            let key = read_key_file_as(&p, true)?;
             return Ok(Self::from_secret(key, KekSource::Credential(p)));
         }
         Err(StoreError::NoKey)
@@ -132,8 +132,27 @@ fn key_err(path: &Path, problem: impl Into<String>) -> StoreError {
     }
 }
 
-/// Read and validate a key file or credential.
+/// Whether `path` lies in systemd's credentials directory for this service (`$CREDENTIALS_DIRECTORY`).
+///
+/// systemd makes that directory private to the service (its own mount, 0500/0700 with the files
+/// 0400) and, from systemd 254 on kernels with idmapped/ACL support, delivers the files owned by
+/// root with an ACL granting the service user read access (`ls` shows 0440). Ownership and mode
+/// checks meant for key files an operator placed by hand would wrongly refuse them.
+pub fn is_systemd_credential(path: &Path) -> bool {
+    std::env::var_os("CREDENTIALS_DIRECTORY").is_some_and(|d| {
+        let d = Path::new(&d);
+        path.parent().is_some_and(|p| p == d)
+    })
+}
+
+/// Read and validate a key file an operator placed (owner and mode are checked).
 fn read_key_file(path: &Path) -> Result<SecretKey> {
+    read_key_file_as(path, is_systemd_credential(path))
+}
+
+/// Read and validate a key file or credential; `credential`: delivered by systemd into the
+/// service's private credentials directory (see [`is_systemd_credential`]).
+fn read_key_file_as(path: &Path, credential: bool) -> Result<SecretKey> {
     let mut file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -146,7 +165,7 @@ fn read_key_file(path: &Path) -> Result<SecretKey> {
         return Err(key_err(path, "not a regular file"));
     }
     let euid = effective_uid();
-    if md.uid() != euid {
+    if !credential && md.uid() != euid {
         return Err(key_err(
             path,
             format!(
@@ -156,7 +175,7 @@ fn read_key_file(path: &Path) -> Result<SecretKey> {
         ));
     }
     let mode = md.mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if !credential && mode & 0o077 != 0 {
         return Err(key_err(
             path,
             format!("mode {mode:04o} lets other users read it; run `chmod 600` on it"),
@@ -461,4 +480,24 @@ fn shred(path: &Path) -> Result<()> {
     drop(f);
     std::fs::remove_file(path).map_err(StoreError::io(path))?;
     sync_parent(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn credentials_may_be_group_readable_hand_placed_key_files_may_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("facegate.key");
+        std::fs::write(&p, "11".repeat(32)).unwrap();
+        // What systemd >= 254 delivers: 0440 (root-owned with an ACL on a real system).
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o440)).unwrap();
+        let e = read_key_file_as(&p, false).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        assert!(read_key_file_as(&p, true).is_ok());
+        // Outside $CREDENTIALS_DIRECTORY a path is never taken for a credential.
+        assert!(!is_systemd_credential(Path::new("/etc/facegate/facegate.key")));
+    }
 }

@@ -7,10 +7,7 @@ DESCRIPTION = "facegate runs camera -> face detection -> liveness -> embedding -
 HOMEPAGE = "https://example.invalid/facegate"
 SECTION = "security"
 LICENSE = "Apache-2.0"
-# The repository declares Apache-2.0 in Cargo.toml but ships no LICENSE file yet: use the common
-# text until it does (then point this at file://LICENSE with its md5).
-# nooelint: oelint.var.licenseremotefile - the repository has no LICENSE file yet (see above)
-LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=22a53954e4e0ec258dfce4391e905dac"
 
 # libjpeg-turbo: libturbojpeg, found through pkg-config (turbojpeg-sys, feature pkg-config).
 # clang-native (meta-clang): libclang for bindgen, which the v4l crate's v4l2-sys-mit runs.
