@@ -498,6 +498,8 @@ mod tests {
         assert!(e.contains("chmod 600"), "{e}");
         assert!(read_key_file_as(&p, true).is_ok());
         // Outside $CREDENTIALS_DIRECTORY a path is never taken for a credential.
-        assert!(!is_systemd_credential(Path::new("/etc/facegate/facegate.key")));
+        assert!(!is_systemd_credential(Path::new(
+            "/etc/facegate/facegate.key"
+        )));
     }
 }
