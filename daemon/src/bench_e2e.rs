@@ -11,21 +11,16 @@
 //! decoding (MJPEG) is not included — `bench vision` reports decode separately.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::bench::Summary;
 use crate::config::{CameraSource, Config, LockBackend};
-use crate::demo::{DemoError, ScriptedCamera, enrol, roster};
-use crate::door::RelayHandle;
-use crate::events::{AccessDecision, DaemonEvent};
-use crate::hal::sim::SimLock;
-use crate::hal::{Frame, LockState, StrikeType};
-use crate::pipeline::Camera;
-use crate::service::{Hardware, Service};
+use crate::demo::{DemoError, Simulated, enrol, roster, start_simulated};
+use crate::hal::{Frame, LockState};
 use crate::store::{Kek, KekSource, SecretKey, Store};
 
 /// What `bench e2e` measured in-process.
@@ -71,28 +66,12 @@ pub fn run(
     let store = Arc::new(Store::create(&tmp.path().join("e2e.redb"), &kek, "bench")?);
     enrol(&engines, &store, &roster, &mut |_| {})?;
 
-    let camera = ScriptedCamera::new(30)?;
-    let lock = SimLock::new(StrikeType::FailSecure);
-    let probe = lock.probe();
-    let (tx, rx) = mpsc::channel::<AccessDecision>();
-    let tx = Mutex::new(tx);
-    let observer: crate::service::Observer = Arc::new(move |ev: &DaemonEvent| {
-        if let DaemonEvent::Access(a) = ev {
-            let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(a.clone());
-        }
-    });
-    let mut once = Some(camera.clone());
-    let hw = Hardware {
-        camera: Box::new(move || {
-            once.take()
-                .map(|c| Box::new(c) as Box<dyn Camera>)
-                .ok_or_else(|| "SIMULATED camera already consumed".to_string())
-        }),
-        relay: RelayHandle::new(Box::new(lock), StrikeType::FailSecure),
-        contact: None,
-        button: None,
-    };
-    let service = Service::start(&cfg, engines, store.clone(), hw, None, None, Some(observer))?;
+    let Simulated {
+        service,
+        camera,
+        probe,
+        decisions: rx,
+    } = start_simulated(&cfg, engines, store.clone(), 30)?;
     let face = Arc::new(Frame::open(&roster.probe.1).map_err(|e| DemoError::Io(e.to_string()))?);
 
     let mut frame_to_unlock = Vec::new();

@@ -20,7 +20,7 @@ use crate::config::{CameraSource, Config, LockBackend};
 use crate::door::RelayHandle;
 use crate::enroll::{self, QualityConfig};
 use crate::events::{AccessDecision, DaemonEvent};
-use crate::hal::sim::SimLock;
+use crate::hal::sim::{SimLock, SimLockProbe};
 use crate::hal::{Captured, ErrorKind, Frame, LockState, StrikeType};
 use crate::models::{self, Manifest};
 use crate::pipeline::{Camera, Engines};
@@ -248,6 +248,61 @@ impl Camera for ScriptedCamera {
     }
 }
 
+/// A service running on SIMULATED camera and relay, with its decisions on a channel.
+pub struct Simulated {
+    /// The running service.
+    pub service: Service,
+    /// The camera the scenes are shown on.
+    pub camera: ScriptedCamera,
+    /// The relay's transition record.
+    pub probe: SimLockProbe,
+    /// Every access decision, as made.
+    pub decisions: mpsc::Receiver<AccessDecision>,
+}
+
+impl std::fmt::Debug for Simulated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Simulated(SIMULATED camera and relay)")
+    }
+}
+
+/// Start the real service wiring on a [`ScriptedCamera`] at `fps` and a fail-secure [`SimLock`].
+pub fn start_simulated(
+    cfg: &Config,
+    engines: Arc<Engines>,
+    store: Arc<Store>,
+    fps: u32,
+) -> Result<Simulated, DemoError> {
+    let camera = ScriptedCamera::new(fps)?;
+    let lock = SimLock::new(StrikeType::FailSecure);
+    let probe = lock.probe();
+    let (tx, rx) = mpsc::channel::<AccessDecision>();
+    let tx = Mutex::new(tx);
+    let observer: crate::service::Observer = Arc::new(move |ev: &DaemonEvent| {
+        if let DaemonEvent::Access(a) = ev {
+            let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(a.clone());
+        }
+    });
+    let mut once = Some(camera.clone());
+    let hw = Hardware {
+        camera: Box::new(move || {
+            once.take()
+                .map(|c| Box::new(c) as Box<dyn Camera>)
+                .ok_or_else(|| "SIMULATED camera already consumed".to_string())
+        }),
+        relay: RelayHandle::new(Box::new(lock), StrikeType::FailSecure),
+        contact: None,
+        button: None,
+    };
+    let service = Service::start(cfg, engines, store, hw, None, None, Some(observer))?;
+    Ok(Simulated {
+        service,
+        camera,
+        probe,
+        decisions: rx,
+    })
+}
+
 /// Demo settings.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -331,30 +386,12 @@ pub fn run(opts: &DemoOptions, mut progress: impl FnMut(&str)) -> Result<DemoRep
     )?);
     let enrolled = enrol(&engines, &store, &roster, &mut progress)?;
 
-    // The service, with SIMULATED camera and relay.
-    let camera = ScriptedCamera::new(opts.fps)?;
-    let lock = SimLock::new(StrikeType::FailSecure);
-    let probe = lock.probe();
-    let cam_for_service = camera.clone();
-    let (tx, rx) = mpsc::channel::<AccessDecision>();
-    let tx = Mutex::new(tx);
-    let observer: crate::service::Observer = Arc::new(move |ev: &DaemonEvent| {
-        if let DaemonEvent::Access(a) = ev {
-            let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(a.clone());
-        }
-    });
-    let mut once = Some(cam_for_service);
-    let hw = Hardware {
-        camera: Box::new(move || {
-            once.take()
-                .map(|c| Box::new(c) as Box<dyn Camera>)
-                .ok_or_else(|| "SIMULATED camera already consumed".to_string())
-        }),
-        relay: RelayHandle::new(Box::new(lock), StrikeType::FailSecure),
-        contact: None,
-        button: None,
-    };
-    let service = Service::start(&cfg, engines, store.clone(), hw, None, None, Some(observer))?;
+    let Simulated {
+        service,
+        camera,
+        probe,
+        decisions: rx,
+    } = start_simulated(&cfg, engines, store.clone(), opts.fps)?;
 
     let mut results = Vec::new();
     for sc in script {

@@ -187,6 +187,8 @@ fn demo_scenarios_journal_fields_and_broker() {
     }
 }
 
+/// A config for a SIMULATED terminal in `dir`, with its store and key created (`keys init`,
+/// the store path taken from the config: the `--config` fallback of the store commands).
 fn write_config(dir: &Path, replay: &Path) -> std::path::PathBuf {
     let cfg = format!(
         r#"
@@ -213,6 +215,18 @@ stall_ms = 3000
     );
     let p = dir.join("facegate.toml");
     std::fs::write(&p, cfg).unwrap();
+    let st = Command::new(facegate_bin())
+        .args(["keys", "init", "--create-key-file", "--config"])
+        .arg(&p)
+        .arg("--key-file")
+        .arg(dir.join("facegate.key"))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     p
 }
 
@@ -225,18 +239,6 @@ fn run_notifies_systemd_and_stops_cleanly_on_sigterm() {
     std::fs::create_dir(&replay).unwrap();
     std::fs::copy(face("dev/obama/obama_1.jpg"), replay.join("a.jpg")).unwrap();
     let cfg = write_config(dir.path(), &replay);
-    let st = Command::new(facegate_bin())
-        .args(["keys", "init", "--create-key-file", "--store"])
-        .arg(dir.path().join("facegate.redb"))
-        .arg("--key-file")
-        .arg(dir.path().join("facegate.key"))
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
 
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
@@ -305,14 +307,6 @@ fn a_stalled_camera_stops_the_watchdog() {
         .write_all(b"\xff\xd8 not a jpeg")
         .unwrap();
     let cfg = write_config(dir.path(), &replay);
-    let st = Command::new(facegate_bin())
-        .args(["keys", "init", "--create-key-file", "--store"])
-        .arg(dir.path().join("facegate.redb"))
-        .arg("--key-file")
-        .arg(dir.path().join("facegate.key"))
-        .output()
-        .unwrap();
-    assert!(st.status.success());
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(500)))
@@ -401,14 +395,6 @@ fn doctor_reports_each_check_with_a_hint() {
     let replay = dir.path().join("replay");
     std::fs::create_dir(&replay).unwrap();
     let cfg = write_config(dir.path(), &replay);
-    let st = Command::new(facegate_bin())
-        .args(["keys", "init", "--create-key-file", "--store"])
-        .arg(dir.path().join("facegate.redb"))
-        .arg("--key-file")
-        .arg(dir.path().join("facegate.key"))
-        .output()
-        .unwrap();
-    assert!(st.status.success());
     let out = Command::new(facegate_bin())
         .args(["doctor", "--json", "--config"])
         .arg(&cfg)
