@@ -85,22 +85,6 @@ pub struct Roster {
     pub probe: (String, PathBuf),
 }
 
-fn images_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 /// Read the people folder.
 pub fn roster(people: &Path) -> Result<Roster, DemoError> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(people)
@@ -118,7 +102,7 @@ pub fn roster(people: &Path) -> Result<Roster, DemoError> {
             .unwrap_or_default()
             .to_string_lossy()
             .to_string();
-        let mut imgs = images_in(&d);
+        let mut imgs = crate::bench::image_files(&d).unwrap_or_default();
         if imgs.is_empty() {
             continue;
         }

@@ -6,13 +6,14 @@
 //! single-reader. The GPIO check drives the relay to its *locked* state, never the other way.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::config::{CameraSource, Config, LockBackend};
 use crate::models::{self, Manifest};
 use crate::pipeline::Camera;
+use crate::store::now_unix;
 
 /// One check's result.
 #[derive(Debug, Clone, Serialize)]
@@ -158,13 +159,6 @@ fn check_store(cfg: &Config) -> (Check, Option<u64>) {
             (Check::fail("store", msg, hint), None)
         }
     }
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn check_clock() -> Check {

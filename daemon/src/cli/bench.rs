@@ -37,15 +37,6 @@ pub enum BenchCmd {
     RssProbe(super::bench_compare::ProbeArgs),
 }
 
-fn default_images() -> Option<PathBuf> {
-    [
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/faces/dev"),
-        PathBuf::from("../shared/faces/dev"),
-    ]
-    .into_iter()
-    .find(|p| p.is_dir())
-}
-
 /// Run a `bench` subcommand.
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
@@ -56,7 +47,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             models,
         } => {
             let dir = images
-                .or_else(default_images)
+                .or_else(|| super::common::shared_faces("dev"))
                 .ok_or_else(|| bad_input("no image directory: pass --images DIR"))?;
             let files = facegate::bench::image_files(&dir)
                 .with_context(|| format!("listing {}", dir.display()))?;

@@ -93,15 +93,6 @@ fn default_script() -> PathBuf {
     }
 }
 
-fn default_images() -> Option<PathBuf> {
-    [
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/faces/dev"),
-        PathBuf::from("../shared/faces/dev"),
-    ]
-    .into_iter()
-    .find(|p| p.is_dir())
-}
-
 /// The reference pipeline as a child process speaking `peers.py --serve`'s line protocol.
 struct Peer {
     child: Child,
@@ -321,7 +312,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = args
         .images
         .clone()
-        .or_else(default_images)
+        .or_else(|| super::common::shared_faces("dev"))
         .ok_or_else(|| bad_input("no image directory: pass --images DIR"))?;
     let files = bench::image_files(&dir).with_context(|| format!("listing {}", dir.display()))?;
     if files.is_empty() {

@@ -169,14 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let fixtures = args
         .fixtures
         .clone()
-        .or_else(|| {
-            [
-                PathBuf::from("../shared/faces"),
-                PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/faces")),
-            ]
-            .into_iter()
-            .find(|p| p.join("dev").is_dir())
-        })
+        .or_else(|| super::common::shared_faces("dev").map(|d| d.join("..")))
         .ok_or_else(|| bad_input("no fixtures: pass --fixtures DIR (with dev/)"))?;
     if args.rounds == 0 || !(1..=8).contains(&args.workers) {
         return Err(bad_input("--rounds must be >= 1 and --workers in 1..=8"));

@@ -87,15 +87,6 @@ struct Report {
     synthetic: Option<SyntheticReport>,
 }
 
-fn default_dataset() -> Option<PathBuf> {
-    [
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/faces/spoof"),
-        PathBuf::from("../shared/faces/spoof"),
-    ]
-    .into_iter()
-    .find(|p| p.is_dir())
-}
-
 struct Frame {
     species: Option<String>,
     group: String,
@@ -268,7 +259,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = args
         .dataset
         .clone()
-        .or_else(default_dataset)
+        .or_else(|| super::common::shared_faces("spoof"))
         .ok_or_else(|| bad_input("no dataset: pass --dataset DIR"))?;
     let config = LivenessConfig::default();
     let models_dir = models::resolve_models_dir(args.models.models.as_deref());

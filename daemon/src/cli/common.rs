@@ -1,6 +1,6 @@
 //! Options shared by every command that runs the vision core.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use facegate::hal::Frame;
@@ -56,4 +56,16 @@ impl ModelArgs {
 /// Decode an image file; an unreadable or corrupt file is bad input (exit 2).
 pub fn open_image(path: &std::path::Path) -> anyhow::Result<Frame> {
     Frame::open(path).map_err(|e| bad_input(e.to_string()))
+}
+
+/// `<fixture root>/<sub>`, where the fixture root is `../shared/faces` beside the project root (or
+/// beside the working directory): the default input of the demo and the benchmarks.
+pub fn shared_faces(sub: &str) -> Option<PathBuf> {
+    [
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/faces"),
+        PathBuf::from("../shared/faces"),
+    ]
+    .into_iter()
+    .map(|root| root.join(sub))
+    .find(|p| p.is_dir())
 }

@@ -96,18 +96,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         })
 }
 
-fn default_fixtures() -> Option<PathBuf> {
-    [
-        PathBuf::from("../shared/faces"),
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/faces")),
-    ]
-    .into_iter()
-    .find(|p| p.join("dev").is_dir())
-}
-
 /// Run the demo; exit code 0 only if every scenario came out as expected.
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let fixtures = match args.fixtures.or_else(default_fixtures) {
+    let fixtures = match args
+        .fixtures
+        .or_else(|| super::common::shared_faces("dev").map(|d| d.join("..")))
+    {
         Some(f) => f,
         None => {
             return Err(bad_input(
