@@ -71,14 +71,16 @@ pub struct VisionReport {
     pub no_face: Vec<PathBuf>,
     /// Detector model id.
     pub detector_model: String,
+    /// Threads each network run could use ([`crate::models::set_inference_threads`]).
+    pub inference_threads: usize,
 }
 
 impl std::fmt::Display for VisionReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "bench vision: {} images x {} iterations, detector {}, tract single process",
-            self.images, self.iterations, self.detector_model
+            "bench vision: {} images x {} iterations, detector {}, {} inference thread(s)",
+            self.images, self.iterations, self.detector_model, self.inference_threads
         )?;
         writeln!(
             f,
@@ -188,6 +190,7 @@ pub fn vision(
         stages,
         no_face,
         detector_model: vision.detector.config().model.clone(),
+        inference_threads: crate::models::inference_threads(),
     })
 }
 

@@ -215,6 +215,10 @@ impl Default for ThrottleConfig {
 pub struct PipelineConfig {
     /// Analysis threads (vision + liveness run here, never on the async reactor).
     pub workers: usize,
+    /// Threads one network run may spread its matrix products over; 0 = one per CPU core.
+    /// A person at the door waits for one analysis, so on a multi-core board its convolutions
+    /// share the cores (measured: `facegate bench vision`, `bench compare`).
+    pub inference_threads: usize,
     /// A frame older than this when a worker is free is dropped (latency over completeness), ms.
     pub max_frame_age_ms: u64,
     /// Frames of one presentation that may be matched before it is denied as unknown.
@@ -231,6 +235,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             workers: 1,
+            inference_threads: 0,
             max_frame_age_ms: 300,
             match_attempts: 3,
             decision_hold_ms: 4000,
@@ -407,6 +412,7 @@ impl Config {
         range("throttle.pause_secs", t.pause_secs, 1, 86_400)?;
         let p = &self.pipeline;
         range("pipeline.workers", p.workers, 1, 8)?;
+        range("pipeline.inference_threads", p.inference_threads, 0, 64)?;
         range("pipeline.max_frame_age_ms", p.max_frame_age_ms, 20, 5000)?;
         range("pipeline.match_attempts", p.match_attempts, 1, 50)?;
         range("pipeline.decision_hold_ms", p.decision_hold_ms, 0, 60_000)?;

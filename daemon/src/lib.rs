@@ -7,7 +7,7 @@
 //! ```
 //!
 //! - [`models`]: the pinned model manifest, integrity checks, installation, loading into tract
-//!   (with [`onnx_fold`] making block-quantized files loadable);
+//!   (with [`onnx_fold`] making block-quantized files loadable, [`tract_ops`] making PReLU one pass);
 //! - [`detect`]: YuNet face + landmark detection;
 //! - [`align`]: 5-point similarity warp onto the 112×112 template;
 //! - [`embed`]: SFace identity vectors and cosine similarity;
@@ -28,13 +28,15 @@
 //! - [`doctor`]: on-site checks, each with a fix hint;
 //! - [`demo`]: the scripted end-to-end session with SIMULATED devices;
 //! - [`eval`]: verification accuracy on labelled pairs (accuracy, TAR at FAR, EER);
-//! - [`bench`], [`bench_e2e`]: measured figures for every stage and end to end (never timed tests).
+//! - [`bench`], [`bench_e2e`], [`bench_profile`]: measured figures for every stage, end to end and
+//!   per network operator (never timed tests).
 
 #![warn(missing_docs)]
 
 pub mod align;
 pub mod bench;
 pub mod bench_e2e;
+pub mod bench_profile;
 pub mod bundle;
 pub mod config;
 pub mod demo;
@@ -58,6 +60,7 @@ pub mod sensors;
 pub mod service;
 pub mod store;
 pub mod throttle;
+pub mod tract_ops;
 pub mod vision;
 
 pub use facegate_hal as hal;

@@ -474,6 +474,60 @@ impl Runner {
     }
 }
 
+static INFERENCE_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Let every network run spread its matrix products over `n` threads (tract's rayon pool),
+/// process-wide; `1` (the default) runs them on the calling thread.
+///
+/// A terminal analyses one face at a time, so the latency of that one analysis is what the person
+/// at the door waits for: on a multi-core board one run's convolutions can share the cores.
+/// Each count's pool is started once and kept (benchmarks switch between counts); runs already
+/// in progress finish on the executor they started with. Results do not depend on the count:
+/// every output tile is computed by one thread in the same order (a golden test checks it).
+pub fn set_inference_threads(n: usize) -> Result<(), ModelError> {
+    use tract_linalg::multithread::{Executor, set_default_executor};
+    static POOLS: Mutex<Vec<(usize, Executor)>> = Mutex::new(Vec::new());
+    let n = n.max(1);
+    let executor = if n == 1 {
+        Executor::SingleThread
+    } else {
+        let mut pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
+        match pools.iter().find(|(k, _)| *k == n) {
+            Some((_, e)) => e.clone(),
+            None => {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("facegate-infer-{i}"))
+                    .build()
+                    .map_err(|e| ModelError::Runtime {
+                        file: "(inference thread pool)".into(),
+                        why: format!("cannot start {n} inference threads: {e}"),
+                    })?;
+                let e = Executor::MultiThread(Arc::new(pool));
+                pools.push((n, e.clone()));
+                e
+            }
+        }
+    };
+    set_default_executor(executor);
+    INFERENCE_THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// `n` inference threads, or one per CPU core for `0` (the configuration's "auto").
+pub fn resolve_inference_threads(n: usize) -> usize {
+    if n == 0 {
+        std::thread::available_parallelism().map_or(1, |c| c.get())
+    } else {
+        n
+    }
+}
+
+/// Threads a network run may currently use (see [`set_inference_threads`]), for reports.
+pub fn inference_threads() -> usize {
+    INFERENCE_THREADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Give the heap pages freed while loading (ONNX protobufs, unfolded weights, intermediate
 /// graphs) back to the OS. glibc keeps freed memory for reuse, so without this a terminal's
 /// resident size stays near its load-time peak for its whole life. No-op off glibc.
@@ -525,11 +579,29 @@ pub fn parse_onnx(entry: &ModelEntry, bytes: &[u8]) -> Result<InferenceModel, Mo
     model_from_proto(entry, parse_proto(entry, bytes)?)
 }
 
-fn onnx_loader() -> tract_onnx::Onnx {
+/// How ONNX operators become tract operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lowering {
+    /// tract's lowering with our faster `PRelu` and 2×2 `MaxPool` ([`crate::tract_ops`]): what
+    /// every model runs with.
+    Facegate,
+    /// tract's own operators only: the yardstick the golden tests compare [`Lowering::Facegate`]
+    /// against, bit for bit.
+    TractStock,
+}
+
+fn onnx_loader_with(lowering: Lowering) -> tract_onnx::Onnx {
+    let onnx = match lowering {
+        Lowering::Facegate => crate::tract_ops::onnx_loader_ops(tract_onnx::onnx()),
+        Lowering::TractStock => tract_onnx::onnx(),
+    };
     // Declared shapes are ignored: input sizes are set per plan (YuNet runs at the frame size).
-    tract_onnx::onnx()
-        .with_ignore_value_info(true)
+    onnx.with_ignore_value_info(true)
         .with_ignore_output_shapes(true)
+}
+
+fn onnx_loader() -> tract_onnx::Onnx {
+    onnx_loader_with(Lowering::Facegate)
 }
 
 fn parse_proto(entry: &ModelEntry, bytes: &[u8]) -> Result<tract_onnx::pb::ModelProto, ModelError> {
@@ -588,7 +660,29 @@ pub fn plan_for_shape(
     bytes: &[u8],
     input_shape: &[usize],
 ) -> Result<Arc<TypedRunnableModel>, ModelError> {
-    optimise(entry, parse_onnx(entry, bytes)?, input_shape)
+    plan_for_shape_with(entry, bytes, input_shape, Lowering::Facegate)
+}
+
+/// [`plan_for_shape`] with a chosen [`Lowering`] (equivalence tests and benchmarks).
+pub fn plan_for_shape_with(
+    entry: &ModelEntry,
+    bytes: &[u8],
+    input_shape: &[usize],
+    lowering: Lowering,
+) -> Result<Arc<TypedRunnableModel>, ModelError> {
+    let mut proto = parse_proto(entry, bytes)?;
+    crate::onnx_fold::fold_constant_dequantize(&mut proto).map_err(|e| ModelError::Runtime {
+        file: entry.file.clone(),
+        why: e.to_string(),
+    })?;
+    let model = onnx_loader_with(lowering)
+        .model_for_proto_model(&proto)
+        .map_err(|e| ModelError::Runtime {
+            file: entry.file.clone(),
+            why: format!("{e:#}"),
+        })?;
+    drop(proto);
+    optimise(entry, model, input_shape)
 }
 
 fn optimise(

@@ -66,8 +66,12 @@ impl std::fmt::Debug for Hardware {
 }
 
 /// Load and verify the models and the liveness policy from a configuration; `sensors` are the
-/// IR/depth sensors the policy reads (their geometry maps face boxes into their images).
+/// IR/depth sensors the policy reads (their geometry maps face boxes into their images). Also
+/// sizes the process-wide inference thread pool (`[pipeline] inference_threads`).
 pub fn load_engines(cfg: &Config, sensors: Sensors) -> Result<Engines, ServiceError> {
+    crate::models::set_inference_threads(crate::models::resolve_inference_threads(
+        cfg.pipeline.inference_threads,
+    ))?;
     let manifest = Manifest::embedded();
     let dir = cfg.models_dir();
     let vision = Vision::load(&manifest, &dir, &cfg.vision)?;

@@ -205,3 +205,76 @@ fn alternative_detectors_find_the_reference_faces() {
         assert!(worst >= bound, "{model}: worst IoU {worst}");
     }
 }
+
+/// Our PReLU and 2×2 MaxPool (daemon/src/tract_ops.rs) give the bits tract's own lowering gives,
+/// on every network the terminal runs; and a network's output does not depend on how many
+/// inference threads run it (the daemon uses one per core, these golden tests one).
+#[test]
+fn faster_operators_and_thread_counts_change_no_bit() {
+    use facegate::models::{self, Lowering, Manifest};
+    use tract_onnx::prelude::*;
+    let manifest = Manifest::embedded();
+    let dir = models_dir();
+    let cases: [(&str, [usize; 4], &str, usize); 6] = [
+        ("yunet_640", [1, 3, 480, 640], "FacegateMaxPool2x2", 4),
+        ("yunet_640", [1, 3, 640, 480], "FacegateMaxPool2x2", 4),
+        ("sface", [1, 3, 112, 112], "FacegatePrelu", 27),
+        ("minifasnet_v2", [1, 3, 80, 80], "FacegatePrelu", 33),
+        ("minifasnet_v1se", [1, 3, 80, 80], "FacegatePrelu", 33),
+        ("minifas_128", [1, 3, 128, 128], "FacegatePrelu", 33),
+    ];
+    let mut seed = 0x2545_f491_u64;
+    for (id, shape, op, count) in cases {
+        let e = manifest.get(id).expect("manifest entry");
+        let bytes = models::read_verified(e, &dir).expect("model file");
+        let ours = models::plan_for_shape_with(e, &bytes, &shape, Lowering::Facegate).unwrap();
+        let stock = models::plan_for_shape_with(e, &bytes, &shape, Lowering::TractStock).unwrap();
+        let ops = |p: &Arc<TypedRunnableModel>| {
+            p.model()
+                .nodes()
+                .iter()
+                .filter(|n| n.op().name() == op)
+                .count()
+        };
+        assert_eq!(ops(&ours), count, "{id}: {op} nodes in our plan");
+        assert_eq!(ops(&stock), 0, "{id}: the stock plan must not contain {op}");
+        // Pixel-like input (0..255) from a fixed xorshift sequence.
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed % 256) as f32
+            })
+            .collect();
+        let run = |p: &Arc<TypedRunnableModel>| -> Vec<Vec<u32>> {
+            let input = Tensor::from_shape(&shape, &data).expect("input tensor");
+            p.run(tvec![input.into()])
+                .expect("run")
+                .iter()
+                .map(|t| {
+                    facegate::models::f32_output(t)
+                        .expect("f32 output")
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect()
+                })
+                .collect()
+        };
+        models::set_inference_threads(1).unwrap();
+        let (a, b) = (run(&ours), run(&stock));
+        models::set_inference_threads(2).unwrap();
+        let c = run(&ours);
+        models::set_inference_threads(1).unwrap();
+        assert_eq!(a, b, "{id} {shape:?}: our operators changed the output");
+        assert_eq!(
+            a, c,
+            "{id} {shape:?}: 2 inference threads changed the output"
+        );
+        println!(
+            "{id} {shape:?}: {count} {op} nodes; outputs bit-identical to tract's own lowering and at 2 threads ({} values)",
+            a.iter().map(Vec::len).sum::<usize>()
+        );
+    }
+}

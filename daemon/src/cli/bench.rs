@@ -18,6 +18,9 @@ pub enum BenchCmd {
         /// Timed repetitions per image.
         #[arg(long, default_value_t = 3)]
         iterations: usize,
+        /// Inference thread counts to time, one pass each (default: 1 and the number of cores).
+        #[arg(long, value_delimiter = ',', value_name = "N,...")]
+        threads: Vec<usize>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -32,6 +35,27 @@ pub enum BenchCmd {
     E2e(super::bench_e2e::Args),
     /// Ours vs the reference pipeline (OpenCV + onnxruntime + FAISS), interleaved, with ratios.
     Compare(super::bench_compare::Args),
+    /// Wall time per tract operator inside each network (what to optimise next).
+    Profile {
+        /// Manifest ids to profile (default: yunet_640, yunet_320, sface and the three anti-spoof models).
+        #[arg(value_name = "ID")]
+        ids: Vec<String>,
+        /// Timed runs per model.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Detector input as WIDTHxHEIGHT (a camera frame, padded to multiples of 32).
+        #[arg(long, default_value = "640x480", value_name = "WxH")]
+        detector_input: String,
+        /// Inference threads for tract's matrix products.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Models directory (else $FACEGATE_MODELS, else the repository's models/, else /usr/share/facegate/models).
+        #[arg(long, value_name = "DIR")]
+        models: Option<PathBuf>,
+    },
     /// Memory of a fresh process holding all models and a gallery (run by `compare`).
     #[command(hide = true)]
     RssProbe(super::bench_compare::ProbeArgs),
@@ -43,6 +67,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Vision {
             images,
             iterations,
+            threads,
             json,
             models,
         } => {
@@ -57,19 +82,112 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                     dir.display()
                 )));
             }
-            let vision = models.load_vision()?;
-            let report = facegate::bench::vision(&vision, &files, iterations)?;
-            if json {
-                print_json(&report)
+            let threads = if threads.is_empty() {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                if cores > 1 { vec![1, cores] } else { vec![1] }
             } else {
-                print!("{report}");
+                threads
+            };
+            if threads.contains(&0) {
+                return Err(bad_input("--threads: every count must be at least 1"));
+            }
+            let vision = models.load_vision()?;
+            let mut reports = Vec::new();
+            for n in threads {
+                facegate::models::set_inference_threads(n)?;
+                reports.push(facegate::bench::vision(&vision, &files, iterations)?);
+            }
+            if json {
+                print_json(&reports)
+            } else {
+                for r in &reports {
+                    print!("{r}");
+                }
                 Ok(())
             }
         }
+        BenchCmd::Profile {
+            ids,
+            runs,
+            detector_input,
+            threads,
+            json,
+            models,
+        } => profile(ids, runs, &detector_input, threads, json, models),
         BenchCmd::Match(a) => super::bench_match::run(a),
         BenchCmd::Pad(a) => super::bench_pad::run(a),
         BenchCmd::E2e(a) => super::bench_e2e::run(a),
         BenchCmd::Compare(a) => super::bench_compare::run(a),
         BenchCmd::RssProbe(a) => super::bench_compare::rss_probe(a),
     }
+}
+
+fn profile(
+    ids: Vec<String>,
+    runs: usize,
+    detector_input: &str,
+    threads: usize,
+    json: bool,
+    models: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use facegate::models::{self, Manifest, Role};
+    let (w, h) = detector_input
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
+        .filter(|&(w, h)| (32..=4096).contains(&w) && (32..=4096).contains(&h))
+        .ok_or_else(|| bad_input("--detector-input must be WIDTHxHEIGHT, each 32..4096"))?;
+    if threads == 0 {
+        return Err(bad_input("--threads must be at least 1"));
+    }
+    models::set_inference_threads(threads)?;
+    let manifest = Manifest::embedded();
+    let dir = models::resolve_models_dir(models.as_deref());
+    let ids = if ids.is_empty() {
+        [
+            "yunet_640",
+            "yunet_320",
+            "sface",
+            "minifasnet_v2",
+            "minifasnet_v1se",
+            "minifas_128",
+        ]
+        .map(String::from)
+        .to_vec()
+    } else {
+        ids
+    };
+    let mut out = Vec::new();
+    for id in &ids {
+        let entry = manifest.get(id).map_err(|e| bad_input(e.to_string()))?;
+        let shape = match entry.role {
+            Role::Detector => {
+                let (mw, mh) = entry.fixed_input().unwrap_or((w, h));
+                let (sw, sh) = if w > mw || h > mh {
+                    let s = (mw as f64 / w as f64).min(mh as f64 / h as f64);
+                    (
+                        (w as f64 * s).round() as usize,
+                        (h as f64 * s).round() as usize,
+                    )
+                } else {
+                    (w, h)
+                };
+                vec![1, 3, sh.div_ceil(32) * 32, sw.div_ceil(32) * 32]
+            }
+            _ => {
+                let (iw, ih) = entry
+                    .fixed_input()
+                    .ok_or_else(|| bad_input(format!("{id}: no fixed input size")))?;
+                vec![1, 3, ih, iw]
+            }
+        };
+        let loaded = models::load_model(entry, &dir, &shape)
+            .with_context(|| format!("loading {id} from {}", dir.display()))?;
+        let p = facegate::bench_profile::profile(id, &loaded.plan, &shape, runs)
+            .map_err(|e| anyhow::anyhow!("profiling {id}: {e:#}"))?;
+        if !json {
+            print!("{p}");
+        }
+        out.push(p);
+    }
+    if json { print_json(&out) } else { Ok(()) }
 }
