@@ -2,9 +2,17 @@
 //!
 //! Templates are decrypted once (from [`crate::store::Store::load_all_templates`]) into one
 //! contiguous row-major `f32` matrix, L2-normalised so cosine similarity is a dot product, with
-//! rows grouped by person. A query scans every row once: the dot product runs over 16-lane
-//! chunks with independent accumulators, which LLVM turns into SIMD (NEON on the Pi, SSE/AVX on
-//! x86) without `unsafe`. The matrix is zeroized when the matcher is dropped.
+//! rows grouped by person. The matrices are zeroized when the matcher is dropped.
+//!
+//! Identify is exact but does not read the whole `f32` matrix: a 1:N scan is limited by memory
+//! traffic (100k templates are 51 MB of `f32`, more than any cache on a terminal), so each row
+//! also has an int8 copy (a quarter of the bytes) and a proven bound on that copy's error. A
+//! query first scans the int8 rows (integer dot products; AVX2 on x86 when the CPU has it,
+//! NEON on aarch64), which gives every person an interval that surely holds their exact score;
+//! only the people whose interval reaches the second-best lower bound can be in the top two,
+//! and only they are scored again in `f32`. The result, best and runner-up scores included, is
+//! the one a full `f32` scan gives (a unit test compares both on random galleries). Where no
+//! fast integer path exists (x86 without AVX2, 32-bit Arm) the full `f32` scan runs instead.
 //!
 //! A daemon holds the matcher in a [`SharedMatcher`]: lookups clone an `Arc` and run lock-free;
 //! when the store changes (see [`crate::store::Store::generation`]) a new matcher is built off to
@@ -22,6 +30,10 @@ use serde::Serialize;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::store::{EMBEDDING_DIM, Result, Store, StoreError, Template};
+
+mod prefilter;
+pub use prefilter::Kernel;
+use prefilter::Prefilter;
 
 const LANES: usize = 16;
 
@@ -99,6 +111,8 @@ impl MatchResult {
 pub struct Matcher {
     /// `rows × EMBEDDING_DIM` values, row-major, grouped by person.
     data: Vec<f32>,
+    /// The int8 prefilter (see [`prefilter`]); `None` where it would not be faster.
+    coarse: Option<Prefilter>,
     /// Per person: `[start, end)` row range.
     ranges: Vec<(usize, usize)>,
     persons: Vec<String>,
@@ -170,6 +184,7 @@ impl Matcher {
         let rows: usize = by_person.values().map(Vec::len).sum();
         let mut m = Matcher {
             data: vec![0.0; rows * EMBEDDING_DIM],
+            coarse: None,
             ranges: Vec::with_capacity(by_person.len()),
             persons: Vec::with_capacity(by_person.len()),
             index: HashMap::with_capacity(by_person.len()),
@@ -191,6 +206,7 @@ impl Matcher {
             m.persons.push(person.to_string());
             m.ranges.push((start, row));
         }
+        m.coarse = prefilter::Kernel::fastest().map(|k| Prefilter::build(&m.data, &m.ranges, k));
         Ok(m)
     }
 
@@ -228,7 +244,24 @@ impl Matcher {
             .iter()
             .map(|p| 2 * (p.capacity() + std::mem::size_of::<String>()))
             .sum();
-        self.data.capacity() * 4 + self.ranges.capacity() * 16 + strings + self.index.capacity() * 8
+        let coarse = self.coarse.as_ref().map_or(0, Prefilter::memory_bytes);
+        self.data.capacity() * 4
+            + coarse
+            + self.ranges.capacity() * 16
+            + strings
+            + self.index.capacity() * 8
+    }
+
+    /// The int8 prefilter kernel identify runs through, `None` for the plain `f32` scan.
+    pub fn prefilter_kernel(&self) -> Option<Kernel> {
+        self.coarse.as_ref().map(Prefilter::kernel)
+    }
+
+    /// Identify through `kernel`'s int8 prefilter, or with `None` by scanning every row in
+    /// `f32`. Results are the same either way; [`Matcher::from_templates`] already picks the
+    /// fastest for this CPU, so only benchmarks and tests need this.
+    pub fn set_prefilter(&mut self, kernel: Option<Kernel>) {
+        self.coarse = kernel.map(|k| Prefilter::build(&self.data, &self.ranges, k));
     }
 
     fn person_score(&self, p: usize, q: &[f32]) -> f32 {
@@ -244,13 +277,26 @@ impl Matcher {
         normalise_into(q, buf.as_mut_slice()).then_some(buf)
     }
 
-    /// Best and runner-up (different person) scores, optionally skipping one person.
+    /// Best and runner-up (different person) scores, optionally skipping one person: through
+    /// the int8 prefilter when there is one, else by scoring everybody in `f32`. Same result.
     fn top2(&self, q: &[f32], skip: Option<usize>) -> (Option<(usize, f32)>, f32) {
-        let (mut best, mut second) = (None::<(usize, f32)>, f32::NEG_INFINITY);
-        for p in 0..self.persons.len() {
-            if Some(p) == skip {
-                continue;
+        match &self.coarse {
+            Some(c) if self.persons.len() > 2 => {
+                let candidates = c.candidates(q, &self.ranges, skip);
+                self.top2_of(q, candidates.into_iter())
             }
+            _ => self.top2_of(q, (0..self.persons.len()).filter(|&p| Some(p) != skip)),
+        }
+    }
+
+    /// Exact best and runner-up among `people` (in order; ties keep the first).
+    fn top2_of(
+        &self,
+        q: &[f32],
+        people: impl Iterator<Item = usize>,
+    ) -> (Option<(usize, f32)>, f32) {
+        let (mut best, mut second) = (None::<(usize, f32)>, f32::NEG_INFINITY);
+        for p in people {
             let s = self.person_score(p, q);
             match best {
                 Some((_, b)) if s <= b => second = second.max(s),
@@ -411,6 +457,68 @@ mod tests {
             .abs()
                 < 1e-4
         );
+    }
+
+    /// The int8 prefilter must give exactly what scoring everybody in `f32` gives: best person,
+    /// best score and runner-up score, for identify and verify, on galleries with near-duplicate
+    /// people (the hard case for a coarse filter) and queries equal to enrolled templates.
+    #[test]
+    fn prefilter_is_exact() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let params = MatchParams {
+            threshold: 0.3,
+            margin: 0.05,
+        };
+        for n in [3usize, 10, 257, 3000] {
+            let mut templates = Vec::new();
+            let mut vecs: Vec<Vec<f32>> = Vec::new();
+            for i in 0..n {
+                // Every fifth template is a slightly perturbed copy of an earlier one.
+                let v = if i % 5 == 4 {
+                    let base = &vecs[rng.random_range(0..vecs.len())];
+                    base.iter()
+                        .map(|x| x + rng.random_range(-0.002..0.002))
+                        .collect()
+                } else {
+                    crate::bench::random_unit(&mut rng)
+                };
+                vecs.push(v.clone());
+                templates.push(t(&format!("p{:05}", i * 2 / 3), v));
+            }
+            let mut queries: Vec<Vec<f32>> = (0..40)
+                .map(|_| crate::bench::random_unit(&mut rng))
+                .collect();
+            queries.extend(vecs.iter().step_by(7).take(40).cloned());
+            for kernel in prefilter::Kernel::available() {
+                let k = kernel.name();
+                let mut m = Matcher::from_templates(&templates, None, 0).unwrap();
+                m.coarse = Some(Prefilter::build(&m.data, &m.ranges, kernel));
+                for q in &queries {
+                    let qn = Matcher::query(q).unwrap();
+                    let everybody = m.top2_of(qn.as_slice(), 0..m.people());
+                    assert_eq!(m.top2(qn.as_slice(), None), everybody, "n={n} {k}");
+                    let fast = m.identify(q, &params);
+                    let coarse = m.coarse.take();
+                    assert_eq!(fast, m.identify(q, &params), "n={n} {k}");
+                    let claimed = m.persons[n % m.people()].clone();
+                    let slow_verify = m.verify(&claimed, q, &params);
+                    m.coarse = coarse;
+                    assert_eq!(m.verify(&claimed, q, &params), slow_verify, "n={n} {k}");
+                }
+                // The filter must actually filter on a large random gallery, or it is no faster.
+                if n == 3000 {
+                    let c = m.coarse.as_ref().unwrap();
+                    let q = Matcher::query(&queries[0]).unwrap();
+                    let kept = c.candidates(q.as_slice(), &m.ranges, None).len();
+                    assert!(
+                        kept < m.people() / 10,
+                        "prefilter kept {kept} of {}",
+                        m.people()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -4,13 +4,15 @@
 //! encrypted store in a private temp directory, then times what a daemon start does — open the
 //! store, decrypt every template, build the matcher — and runs identify on random unit queries
 //! (a full scan, as for an unknown face), reporting median and p99. Everything is measured on
-//! the machine it runs on; nothing is extrapolated.
+//! the machine it runs on; nothing is extrapolated. The same queries also run, interleaved,
+//! through every scan this CPU offers (the plain `f32` scan of every row and each int8 prefilter
+//! kernel), so their ratio comes from one run.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use facegate::bench::random_unit;
-use facegate::matcher::{MatchParams, Matcher};
+use facegate::matcher::{Kernel, MatchParams, Matcher};
 use facegate::store::{EMBEDDING_DIM, Kek, KekSource, NewPerson, NewTemplate, SecretKey, Store};
 use serde::Serialize;
 
@@ -45,6 +47,48 @@ struct Row {
     identify_median_us: f64,
     identify_p99_us: f64,
     queries: usize,
+    /// The scan the matcher picked for this CPU.
+    default_scan: String,
+    /// Median µs of each scan over the same queries, interleaved.
+    scans: Vec<(String, f64)>,
+}
+
+fn scan_name(k: Option<Kernel>) -> String {
+    k.map_or_else(|| "f32".to_string(), |k| format!("int8-{}", k.name()))
+}
+
+/// Median identify µs of every scan variant on `qs`, in interleaved rounds so drift hits all
+/// alike (switching rebuilds the int8 copy, which is not timed). Leaves the fastest scan on.
+fn scan_medians(
+    matcher: &mut Matcher,
+    qs: &[Vec<f32>],
+    params: &MatchParams,
+) -> Vec<(String, f64)> {
+    let default = matcher.prefilter_kernel();
+    let variants: Vec<Option<Kernel>> = std::iter::once(None)
+        .chain(Kernel::available().into_iter().map(Some))
+        .collect();
+    let mut samples = vec![Vec::new(); variants.len()];
+    for chunk in qs.chunks(qs.len().div_ceil(4).max(1)) {
+        for (v, s) in variants.iter().zip(samples.iter_mut()) {
+            matcher.set_prefilter(*v);
+            std::hint::black_box(matcher.identify(&chunk[0], params));
+            for q in chunk {
+                let t = Instant::now();
+                std::hint::black_box(matcher.identify(std::hint::black_box(q), params));
+                s.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    matcher.set_prefilter(default);
+    variants
+        .iter()
+        .zip(samples)
+        .map(|(v, mut s)| {
+            s.sort_by(f64::total_cmp);
+            (scan_name(*v), percentile(&s, 0.5))
+        })
+        .collect()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -99,7 +143,7 @@ fn measure(n: usize, queries: usize, base: &std::path::Path) -> anyhow::Result<R
 
         let t1 = Instant::now();
         let store = Store::open(&path, &kek).map_err(store_err)?;
-        let matcher = Matcher::from_store(&store, Some(("bench", "1"))).map_err(store_err)?;
+        let mut matcher = Matcher::from_store(&store, Some(("bench", "1"))).map_err(store_err)?;
         let load_ms = t1.elapsed().as_secs_f64() * 1e3;
         drop(store);
         anyhow::ensure!(
@@ -125,6 +169,7 @@ fn measure(n: usize, queries: usize, base: &std::path::Path) -> anyhow::Result<R
             })
             .collect();
         lat.sort_by(f64::total_cmp);
+        let scans = scan_medians(&mut matcher, &qs, &params);
         Ok(Row {
             templates: n,
             people,
@@ -135,6 +180,8 @@ fn measure(n: usize, queries: usize, base: &std::path::Path) -> anyhow::Result<R
             identify_median_us: percentile(&lat, 0.5),
             identify_p99_us: percentile(&lat, 0.99),
             queries,
+            default_scan: scan_name(matcher.prefilter_kernel()),
+            scans,
         })
     })();
     let _ = std::fs::remove_dir_all(&dir);
@@ -174,6 +221,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 r.load_ms,
                 r.store_write_ms,
                 r.store_bytes as f64 / 1e6
+            );
+            let f32_us = r.scans.first().map_or(f64::NAN, |s| s.1);
+            let scans: Vec<String> = r
+                .scans
+                .iter()
+                .map(|(name, us)| format!("{name} {us:.1} us ({:.2}x f32)", us / f32_us))
+                .collect();
+            println!(
+                "          scans (same queries, interleaved): {}; identify uses {}",
+                scans.join(", "),
+                r.default_scan
             );
         }
         rows.push(r);
