@@ -2,9 +2,9 @@
 """The reference pipeline facegate is measured against (issue #7), on the same model files.
 
 OpenCV's own `FaceDetectorYN` (YuNet) and `FaceRecognizerSF.alignCrop`, onnxruntime for SFace and
-the three passive anti-spoof models (single thread, sequential), FAISS `IndexFlatIP` for 1:N
-search (one thread, one query at a time). Each stage mirrors what facegate does, so the two sides
-time the same work:
+the three passive anti-spoof models (sequential; single thread unless `--threads` lists more
+counts, each with its own onnxruntime sessions), FAISS `IndexFlatIP` for 1:N search (one thread,
+one query at a time). Each stage mirrors what facegate does, so the two sides time the same work:
 
   decode   cv2.imdecode of the file bytes (already in memory)
   prepare  long side > 640: cv2.resize INTER_LINEAR to long side 640 (facegate's working frame)
@@ -28,7 +28,8 @@ Set up with bench/peers/setup.sh (its own venv, pinned versions).
 
 import os
 
-# Single-threaded everywhere, before any native library starts its pools.
+# Single-threaded everywhere, before any native library starts its pools; a decision run with
+# more threads raises OpenCV's and onnxruntime's counts explicitly (`--threads`).
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_v] = "1"
 
@@ -88,9 +89,9 @@ def random_unit(n, seed):
     return v
 
 
-def session(path):
+def session(path, threads=1):
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3  # the SFace file lists its initialisers as inputs: noisy warnings
@@ -154,7 +155,7 @@ def nchw(img):
 class Pipeline:
     """All models loaded once, as a terminal would hold them."""
 
-    def __init__(self, models):
+    def __init__(self, models, threads=(1,)):
         cv2.setNumThreads(1)
         faiss.omp_set_num_threads(1)
         p = {k: os.path.join(models, v) for k, v in FILES.items()}
@@ -165,7 +166,11 @@ class Pipeline:
         self.detector = cv2.FaceDetectorYN.create(p["yunet"], "", (MAX_SIDE, MAX_SIDE), 0.6, 0.3)
         # alignCrop is a method of the recogniser object; it needs the SFace file to exist.
         self.aligner = cv2.FaceRecognizerSF.create(p["sface"], "")
-        self.sface = session(p["sface"])
+        # One set of onnxruntime sessions per thread count (their pools are fixed at creation).
+        self.sessions = {
+            t: {k: session(p[k], t) for k in ("sface", "v2", "v1se", "m128")} for t in threads
+        }
+        self.use_threads(threads[0])
         # The int8bq file declares its 29 float weight tensors as graph inputs too, although no
         # node reads them (the quantized copies are used). onnxruntime insists on a feed: NaN
         # proves they are unused (a NaN would otherwise reach the output; checked at load).
@@ -174,14 +179,20 @@ class Pipeline:
             shape = [d if isinstance(d, int) else 1 for d in i.shape]
             self.sface_feed[i.name] = np.full(shape, np.nan, dtype=np.float32)
         self.sface_in = self.sface.get_inputs()[0].name
-        self.v2 = session(p["v2"])
-        self.v1se = session(p["v1se"])
-        self.m128 = session(p["m128"])
         self.load_ms = (time.perf_counter() - t0) * 1e3
         probe = self.embed_blob(np.zeros((1, 3, 112, 112), np.float32))
         if not np.all(np.isfinite(probe)):
             raise SystemExit("peers.py: SFace output not finite with NaN unused inputs")
         self.gallery10k = self.index(10_000)
+
+    def use_threads(self, t):
+        """Run the next decisions with `t` threads (OpenCV and onnxruntime; FAISS stays at 1)."""
+        if t not in self.sessions:
+            raise ValueError(f"no sessions for {t} threads (start with --threads including {t})")
+        cv2.setNumThreads(t)
+        s = self.sessions[t]
+        self.sface, self.v2, self.v1se, self.m128 = s["sface"], s["v2"], s["v1se"], s["m128"]
+        self.threads = t
 
     def index(self, n):
         idx = faiss.IndexFlatIP(DIM)
@@ -280,11 +291,12 @@ def versions():
     }
 
 
-def threads_info():
+def threads_info(pipe=None):
     return {
         "opencv": cv2.getNumThreads(),
-        "onnxruntime_intra_op": 1,
+        "onnxruntime_intra_op": pipe.threads if pipe else 1,
         "onnxruntime_inter_op": 1,
+        "decision_thread_counts": sorted(pipe.sessions) if pipe else [1],
         "faiss_omp": faiss.omp_get_max_threads(),
         "os_threads": threads_now(),
     }
@@ -315,12 +327,13 @@ def emit(obj):
 def serve(pipe, images, sizes):
     """Line protocol, one JSON line per request:
 
-    `decide I`           time-to-decision stages (ms) for image I, or {"no_face": true}
+    `decide I [T]`       time-to-decision stages (ms) for image I with T threads (default 1),
+                         or {"no_face": true}
     `identify N Q SEED`  Q top-2 searches over the N-vector gallery (us each), after 5 warm-ups
     `info`, `quit`
     """
     indexes = {n: (pipe.gallery10k if n == 10_000 else pipe.index(n)) for n in sizes}
-    emit({"ready": True, "load_ms": pipe.load_ms, "versions": versions(), "threads": threads_info()})
+    emit({"ready": True, "load_ms": pipe.load_ms, "versions": versions(), "threads": threads_info(pipe)})
     for line in sys.stdin:
         cmd = line.split()
         if not cmd:
@@ -328,9 +341,11 @@ def serve(pipe, images, sizes):
         if cmd[0] == "quit":
             break
         if cmd[0] == "info":
-            emit({"versions": versions(), "threads": threads_info()})
+            emit({"versions": versions(), "threads": threads_info(pipe)})
         elif cmd[0] == "decide":
+            pipe.use_threads(int(cmd[2]) if len(cmd) > 2 else 1)
             r = pipe.decide(images[int(cmd[1])][1])
+            pipe.use_threads(1)
             emit({"no_face": True} if r is None else {"stages": r})
         elif cmd[0] == "identify":
             n, q, seed = int(cmd[1]), int(cmd[2]), int(cmd[3])
@@ -352,6 +367,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--threads", default="1", help="thread counts decisions may run with, e.g. 1,2")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--serve", action="store_true")
     ap.add_argument("--rss-probe", action="store_true")
@@ -362,7 +378,8 @@ def main():
     sizes = [int(s) for s in a.sizes.split(",") if s]
     images = read_images(paths)
     FILES["yunet"] = a.yunet
-    pipe = Pipeline(a.models)
+    threads = sorted({int(t) for t in a.threads.split(",") if t} | {1})
+    pipe = Pipeline(a.models, tuple(threads))
     if a.rss_probe:
         pipe.decide(images[0][1])
         emit({"vm_rss_kb": status_kb("VmRSS"), "vm_hwm_kb": status_kb("VmHWM"), "templates": 10_000})
@@ -396,7 +413,7 @@ def main():
         "no_face": no_face,
         "load_ms": pipe.load_ms,
         "versions": versions(),
-        "threads": threads_info(),
+        "threads": threads_info(pipe),
         "vm_hwm_kb": status_kb("VmHWM"),
     }
     if a.json:

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::liveness::PassiveAntiSpoof;
 use crate::matcher::{MatchParams, Matcher};
 use crate::store::{EMBEDDING_DIM, Template, TemplateKind, TemplateMeta};
-use crate::vision::{StageTimes, Vision, VisionError};
+use crate::vision::{Vision, VisionError};
 use crate::{align, detect};
 
 /// Median and 95th percentile of a set of durations, in milliseconds.
@@ -65,6 +65,8 @@ pub struct VisionReport {
     pub detector_load_ms: f64,
     /// Model load of the embedder, ms.
     pub embedder_load_ms: f64,
+    /// Model load of the three passive anti-spoof models, ms.
+    pub passive_load_ms: f64,
     /// Per-stage summaries, in pipeline order.
     pub stages: Vec<(String, Summary)>,
     /// Images where no face was found (timed up to detection only).
@@ -84,8 +86,8 @@ impl std::fmt::Display for VisionReport {
         )?;
         writeln!(
             f,
-            "model load: detector {:.1} ms, embedder {:.1} ms",
-            self.detector_load_ms, self.embedder_load_ms
+            "model load: detector {:.1} ms, embedder {:.1} ms, passive anti-spoof {:.1} ms",
+            self.detector_load_ms, self.embedder_load_ms, self.passive_load_ms
         )?;
         writeln!(
             f,
@@ -128,16 +130,18 @@ pub fn image_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Time decode, prepare, detect, align, embed and their total over `images`, `iterations` times
-/// each (after one untimed warm-up pass so first-use allocations are not counted).
+/// Time decode, prepare, detect, passive liveness, align, embed and their total over `images`,
+/// `iterations` times each (after one untimed warm-up pass so first-use allocations and plans
+/// are not counted). Every stage runs for every image with a face, as for a live person.
 pub fn vision(
     vision: &Vision,
+    passive: &PassiveAntiSpoof,
     images: &[PathBuf],
     iterations: usize,
 ) -> Result<VisionReport, VisionError> {
     let iterations = iterations.max(1);
-    let (mut decode, mut prepare, mut detect, mut align, mut embed, mut total) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut decode, mut prepare, mut detect, mut live, mut align, mut embed, mut total) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut no_face = Vec::new();
     let mut timed = 0;
     for path in images {
@@ -147,9 +151,14 @@ pub fn vision(
         let Ok(frame) = Frame::decode(&bytes) else {
             continue;
         };
-        if vision.largest_face_embedding(&frame)?.is_none() {
-            no_face.push(path.clone());
-            continue;
+        match vision.largest_face_embedding(&frame)? {
+            Some(fe) => {
+                passive.score(&frame, &fe.face)?;
+            }
+            None => {
+                no_face.push(path.clone());
+                continue;
+            }
         }
         timed += 1;
         for _ in 0..iterations {
@@ -158,15 +167,27 @@ pub fn vision(
                 Ok(f) => f,
                 Err(_) => continue,
             };
-            let dt = t0.elapsed();
-            let mut st = StageTimes::default();
-            vision.largest_face_embedding_timed(&frame, &mut st)?;
-            total.push(t0.elapsed());
-            decode.push(dt);
-            prepare.push(st.prepare);
-            detect.push(st.detect);
-            align.push(st.align);
-            embed.push(st.embed);
+            let t1 = Instant::now();
+            let work = vision.working(&frame)?;
+            let t2 = Instant::now();
+            let faces = vision.detector.detect(&work.frame)?;
+            let t3 = Instant::now();
+            let Some(i) = detect::largest(&faces) else {
+                continue;
+            };
+            black_box(passive.score(&frame, &work.face_to_original(&faces[i]))?);
+            let t4 = Instant::now();
+            let crop = align::align(&work.frame, &faces[i].landmarks)?;
+            let t5 = Instant::now();
+            black_box(vision.embedder.embed(&crop)?);
+            let t6 = Instant::now();
+            decode.push(t1 - t0);
+            prepare.push(t2 - t1);
+            detect.push(t3 - t2);
+            live.push(t4 - t3);
+            align.push(t5 - t4);
+            embed.push(t6 - t5);
+            total.push(t6 - t0);
         }
     }
     let mut stages = Vec::new();
@@ -174,6 +195,7 @@ pub fn vision(
         ("decode", &decode),
         ("prepare", &prepare),
         ("detect", &detect),
+        ("passive", &live),
         ("align", &align),
         ("embed", &embed),
         ("total", &total),
@@ -187,6 +209,7 @@ pub fn vision(
         iterations,
         detector_load_ms: vision.detector.load_time().as_secs_f64() * 1e3,
         embedder_load_ms: vision.embedder.load_time().as_secs_f64() * 1e3,
+        passive_load_ms: passive.load_time().as_secs_f64() * 1e3,
         stages,
         no_face,
         detector_model: vision.detector.config().model.clone(),

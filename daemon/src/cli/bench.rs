@@ -10,7 +10,7 @@ use super::{bad_input, print_json};
 /// Benchmarks.
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
-    /// Median and p95 ms per vision stage (decode, prepare, detect, align, embed) over still images.
+    /// Median and p95 ms per stage (decode, prepare, detect, passive liveness, align, embed) over still images.
     Vision {
         /// Directory of JPEG/PNG images (searched recursively; default ../shared/faces/dev).
         #[arg(long, value_name = "DIR")]
@@ -92,10 +92,13 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 return Err(bad_input("--threads: every count must be at least 1"));
             }
             let vision = models.load_vision()?;
+            let passive = super::common::load_passive(&models)?;
             let mut reports = Vec::new();
             for n in threads {
                 facegate::models::set_inference_threads(n)?;
-                reports.push(facegate::bench::vision(&vision, &files, iterations)?);
+                reports.push(facegate::bench::vision(
+                    &vision, &passive, &files, iterations,
+                )?);
             }
             if json {
                 print_json(&reports)

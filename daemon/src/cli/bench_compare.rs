@@ -5,10 +5,13 @@
 //! in one run mean anything. The two sides therefore run *interleaved*: the peer is one
 //! long-lived Python process, and for every image and every round we time our decision, then
 //! theirs, then ours again. Each image is first run once untimed on both sides (tract plans and
-//! OpenCV reshapes its network per input size; a camera has one size). Both sides are
-//! single-threaded. Memory is measured in fresh processes (`bench rss-probe` for us,
-//! `peers.py --rss-probe` for them) holding all models and a 10k-template gallery after one
-//! decision, read from `/proc/self/status`.
+//! OpenCV reshapes its network per input size; a camera has one size). Decisions are timed at
+//! every thread count of `--threads` (default: 1, and one per core), both sides at the same
+//! count, interleaved too; 1 thread is the reference protocol, the core count is what the
+//! daemon runs (`[pipeline] inference_threads = 0`). Identify runs one query at a time on one
+//! thread on both sides. Memory is measured in fresh processes (`bench rss-probe` for us, at the
+//! daemon's thread count; `peers.py --rss-probe` for them, single-threaded) holding all models
+//! and a 10k-template gallery after one decision, read from `/proc/self/status`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -18,7 +21,6 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use facegate::bench::{self, DecisionTimes};
-use facegate::liveness::PassiveAntiSpoof;
 use facegate::matcher::{MatchParams, Matcher};
 use facegate::models::{self, Manifest};
 use rand::SeedableRng;
@@ -43,6 +45,9 @@ pub struct Args {
     /// Gallery sizes for identify vs FAISS IndexFlatIP
     #[arg(long = "templates", value_name = "N", num_args = 1.., default_values_t = [1_000usize, 10_000, 100_000])]
     pub templates: Vec<usize>,
+    /// Thread counts to time decisions at, both sides alike [default: 1 and the number of cores]
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub threads: Vec<usize>,
     /// Python of the reference venv [default: ${XDG_CACHE_HOME:-~/.cache}/facegate-peers/venv/bin/python]
     #[arg(long, value_name = "PATH")]
     pub peers_python: Option<PathBuf>,
@@ -65,6 +70,9 @@ pub struct ProbeArgs {
     /// Gallery size held in memory
     #[arg(long, default_value_t = 10_000)]
     pub templates: usize,
+    /// Inference threads (0 = one per core, what the daemon runs)
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     #[command(flatten)]
     pub models: ModelArgs,
 }
@@ -245,12 +253,6 @@ fn ours_stage(t: &DecisionTimes, key: &str) -> Duration {
     }
 }
 
-fn load_passive(models: &ModelArgs) -> anyhow::Result<PassiveAntiSpoof> {
-    let dir = models::resolve_models_dir(models.models.as_deref());
-    PassiveAntiSpoof::load(&Manifest::embedded(), &dir, Default::default())
-        .with_context(|| format!("loading anti-spoof models from {}", dir.display()))
-}
-
 fn params(threshold: f32) -> MatchParams {
     MatchParams {
         threshold,
@@ -271,8 +273,9 @@ fn gallery(n: usize) -> Matcher {
 pub fn rss_probe(args: ProbeArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.image)
         .map_err(|e| bad_input(format!("cannot read {}: {e}", args.image.display())))?;
+    models::set_inference_threads(models::resolve_inference_threads(args.threads))?;
     let vision = args.models.load_vision()?;
-    let passive = load_passive(&args.models)?;
+    let passive = super::common::load_passive(&args.models)?;
     let matcher = gallery(args.templates);
     let decided =
         bench::time_to_decision(&vision, &passive, &matcher, &params(0.363), &bytes)?.is_some();
@@ -280,6 +283,7 @@ pub fn rss_probe(args: ProbeArgs) -> anyhow::Result<()> {
         "vm_rss_kb": bench::proc_status("VmRSS"),
         "vm_hwm_kb": bench::proc_status("VmHWM"),
         "threads": bench::proc_status("Threads"),
+        "inference_threads": models::inference_threads(),
         "templates": matcher.len(),
         "matcher_bytes": matcher.memory_bytes(),
         "face": decided,
@@ -339,9 +343,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .file
         .clone();
     let vision = args.models.load_vision()?;
-    let passive = load_passive(&args.models)?;
+    let passive = super::common::load_passive(&args.models)?;
     let decision_gallery = gallery(DECISION_GALLERY);
     let p = params(vision.threshold());
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut threads = if args.threads.is_empty() {
+        vec![1, cores]
+    } else {
+        args.threads.clone()
+    };
+    threads.dedup();
+    if threads.iter().any(|&t| t == 0 || t > 64) {
+        return Err(bad_input("--threads: every count must be in 1..=64"));
+    }
 
     let mut cmd = Command::new(&python);
     cmd.arg(&script)
@@ -350,6 +365,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .arg(&models_dir)
         .arg("--yunet")
         .arg(&detector_file)
+        .arg("--threads")
+        .arg(
+            threads
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        )
         .arg("--sizes")
         .arg(
             args.templates
@@ -364,56 +387,86 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (mut peer, ready) = Peer::spawn(cmd)?;
     let load_start = loadavg();
 
-    let total_steps = (images.len() + args.templates.len()) * args.rounds;
+    let total_steps = (images.len() * threads.len() + args.templates.len()) * args.rounds;
     let bar = indicatif::ProgressBar::new(total_steps as u64);
     bar.set_style(indicatif::ProgressStyle::with_template(
         "  {msg} {pos}/{len} {bar:30} {eta}",
     )?);
 
-    // Time to decision, per image: warm both sides once, then alternate timed runs.
-    let mut ours: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
-    let mut theirs: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
+    // Time to decision, per image: warm both sides once per thread count, then alternate timed
+    // runs: ours, theirs at each thread count in turn, round after round.
+    let mut ours: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); STAGES.len()]; threads.len()];
+    let mut theirs: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); STAGES.len()]; threads.len()];
     let mut no_face = Vec::new();
     let mut timed_images = 0;
     bar.set_message("decisions");
-    for (i, (path, bytes)) in images.iter().enumerate() {
-        let o = bench::time_to_decision(&vision, &passive, &decision_gallery, &p, bytes)
-            .with_context(|| path.display().to_string())?;
-        let t = peer.request(&format!("decide {i}"))?;
-        let their_face = t.get("stages").is_some();
-        if o.is_none() || !their_face {
-            no_face.push(json!({
-                "image": path.display().to_string(),
-                "ours": o.is_some(),
-                "theirs": their_face,
-            }));
-            bar.inc(args.rounds as u64);
-            continue;
+    'images: for (i, (path, bytes)) in images.iter().enumerate() {
+        for &t in &threads {
+            models::set_inference_threads(t)?;
+            let o = bench::time_to_decision(&vision, &passive, &decision_gallery, &p, bytes)
+                .with_context(|| path.display().to_string())?;
+            let reply = peer.request(&format!("decide {i} {t}"))?;
+            let their_face = reply.get("stages").is_some();
+            if o.is_none() || !their_face {
+                no_face.push(json!({
+                    "image": path.display().to_string(),
+                    "ours": o.is_some(),
+                    "theirs": their_face,
+                }));
+                bar.inc((args.rounds * threads.len()) as u64);
+                continue 'images;
+            }
         }
         timed_images += 1;
         for _ in 0..args.rounds {
-            let o = bench::time_to_decision(&vision, &passive, &decision_gallery, &p, bytes)?
-                .ok_or_else(|| anyhow!("{}: face vanished between runs", path.display()))?;
-            let t = peer.request(&format!("decide {i}"))?;
-            let st = t
-                .get("stages")
-                .ok_or_else(|| anyhow!("{}: peer lost the face", path.display()))?;
-            for (k, (key, _)) in STAGES.iter().enumerate() {
-                ours[k].push(ours_stage(&o, key).as_secs_f64() * 1e3);
-                theirs[k].push(
-                    st.get(*key)
-                        .and_then(Value::as_f64)
-                        .ok_or_else(|| anyhow!("peer reply lacks `{key}`"))?,
-                );
+            for (ti, &t) in threads.iter().enumerate() {
+                models::set_inference_threads(t)?;
+                let o = bench::time_to_decision(&vision, &passive, &decision_gallery, &p, bytes)?
+                    .ok_or_else(|| anyhow!("{}: face vanished between runs", path.display()))?;
+                let reply = peer.request(&format!("decide {i} {t}"))?;
+                let st = reply
+                    .get("stages")
+                    .ok_or_else(|| anyhow!("{}: peer lost the face", path.display()))?;
+                for (k, (key, _)) in STAGES.iter().enumerate() {
+                    ours[ti][k].push(ours_stage(&o, key).as_secs_f64() * 1e3);
+                    theirs[ti][k].push(
+                        st.get(*key)
+                            .and_then(Value::as_f64)
+                            .ok_or_else(|| anyhow!("peer reply lacks `{key}`"))?,
+                    );
+                }
+                bar.inc(1);
             }
-            bar.inc(1);
         }
     }
-    let mut figures: Vec<Figure> = STAGES
+    models::set_inference_threads(1)?;
+    let decisions: Vec<Value> = threads
         .iter()
         .enumerate()
-        .map(|(k, (_, name))| figure(*name, "ms", &ours[k], &theirs[k]))
+        .map(|(ti, &t)| {
+            let figures: Vec<Figure> = STAGES
+                .iter()
+                .enumerate()
+                .map(|(k, (_, name))| figure(*name, "ms", &ours[ti][k], &theirs[ti][k]))
+                .collect();
+            json!({"threads": t, "figures": figures})
+        })
         .collect();
+    // The daemon as shipped (one thread per core) against the single-threaded reference.
+    let total = STAGES.len() - 1;
+    let shipped = threads
+        .iter()
+        .position(|&t| t == cores)
+        .zip(threads.iter().position(|&t| t == 1))
+        .map(|(tn, t1)| {
+            figure(
+                format!("time to decision, ours at {cores} threads vs theirs at 1"),
+                "ms",
+                &ours[tn][total],
+                &theirs[t1][total],
+            )
+        });
+    let mut figures: Vec<Figure> = Vec::new();
     drop(decision_gallery);
 
     // Identify vs FAISS IndexFlatIP, top-2, one query at a time, alternating per round.
@@ -498,7 +551,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "loadavg_1min_end": load_end,
         },
         "threads": {
-            "ours": {"configured": 1, "os_threads_in_probe": ours_mem.get("threads")},
+            "decisions": threads,
+            "ours_probe": {"inference": ours_mem.get("inference_threads"), "os_threads": ours_mem.get("threads")},
             "theirs": ready.get("threads"),
         },
         "versions": {
@@ -509,6 +563,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "images": timed_images,
         "rounds": args.rounds,
         "queries": args.queries,
+        "decisions": decisions,
+        "shipped_vs_reference": shipped,
         "figures": figures,
         "no_face": no_face,
         "memory": {"ours": ours_mem, "theirs": theirs_mem},
@@ -516,7 +572,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         return print_json(&report);
     }
-    print_table(&report, &figures);
+    print_table(&report);
     Ok(())
 }
 
@@ -547,7 +603,7 @@ fn run_json(mut cmd: Command, what: &str) -> anyhow::Result<Value> {
     serde_json::from_str(last).with_context(|| format!("{what} printed non-JSON: {text}"))
 }
 
-fn print_table(r: &Value, figures: &[Figure]) {
+fn print_table(r: &Value) {
     let s = |v: &Value| match v {
         Value::String(x) => x.clone(),
         Value::Null => "?".into(),
@@ -567,46 +623,69 @@ fn print_table(r: &Value, figures: &[Figure]) {
         s(&r["machine"]["loadavg_1min_end"])
     );
     let tv = &r["versions"]["theirs"];
-    let tt = &r["threads"]["theirs"];
     println!(
-        "ours:   facegate {} (tract), detector {}, 1 thread (OS threads in the probe process: {})",
+        "ours:   facegate {} (tract), detector {}",
         s(&r["versions"]["facegate"]),
         s(&r["detector"]),
-        s(&r["threads"]["ours"]["os_threads_in_probe"])
     );
     println!(
-        "theirs: OpenCV {} + onnxruntime {} + FAISS {} (Python {}); threads: OpenCV {}, onnxruntime intra {} inter {}, FAISS {} (OS threads: {})",
+        "theirs: OpenCV {} + onnxruntime {} + FAISS {} (Python {})",
         s(&tv["opencv"]),
         s(&tv["onnxruntime"]),
         s(&tv["faiss"]),
         s(&tv["python"]),
-        s(&tt["opencv"]),
-        s(&tt["onnxruntime_intra_op"]),
-        s(&tt["onnxruntime_inter_op"]),
-        s(&tt["faiss_omp"]),
-        s(&tt["os_threads"])
     );
-    println!(
-        "{:<46} {:>4} {:>10} {:>10} {:>7} {:>10} {:>10}",
-        "figure", "unit", "ours med", "theirs med", "ratio", "ours p95", "theirs p95"
-    );
-    let f = |x: Option<Stat>, med: bool| {
-        x.map(|s| format!("{:.2}", if med { s.median } else { s.p95 }))
-            .unwrap_or_else(|| "-".into())
-    };
-    for fig in figures {
+    let header = || {
         println!(
-            "{:<46} {:>4} {:>10} {:>10} {:>7} {:>10} {:>10}",
-            fig.figure,
-            fig.unit,
-            f(fig.ours, true),
-            f(fig.theirs, true),
-            fig.ratio
+            "{:<52} {:>4} {:>10} {:>10} {:>7} {:>10} {:>10}",
+            "figure", "unit", "ours med", "theirs med", "ratio", "ours p95", "theirs p95"
+        )
+    };
+    let row = |fig: &Value| {
+        let f = |side: &str, key: &str| {
+            fig[side][key]
+                .as_f64()
+                .map(|x| format!("{x:.2}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "{:<52} {:>4} {:>10} {:>10} {:>7} {:>10} {:>10}",
+            s(&fig["figure"]),
+            s(&fig["unit"]),
+            f("ours", "median"),
+            f("theirs", "median"),
+            fig["ratio"]
+                .as_f64()
                 .map(|x| format!("{x:.2}"))
                 .unwrap_or_else(|| "-".into()),
-            f(fig.ours, false),
-            f(fig.theirs, false)
+            f("ours", "p95"),
+            f("theirs", "p95")
         );
+    };
+    for d in r["decisions"].as_array().into_iter().flatten() {
+        println!(
+            "-- decisions at {} thread(s) on both sides (tract; OpenCV + onnxruntime intra-op)",
+            d["threads"]
+        );
+        header();
+        for fig in d["figures"].as_array().into_iter().flatten() {
+            row(fig);
+        }
+    }
+    if !r["shipped_vs_reference"].is_null() {
+        println!(
+            "-- the daemon's default (one inference thread per core) vs the single-threaded reference"
+        );
+        header();
+        row(&r["shipped_vs_reference"]);
+    }
+    println!(
+        "-- identify (one query at a time, 1 thread each) and memory (fresh processes; ours at {} inference thread(s), theirs at 1)",
+        s(&r["threads"]["ours_probe"]["inference"])
+    );
+    header();
+    for fig in r["figures"].as_array().into_iter().flatten() {
+        row(fig);
     }
     if let Some(list) = r["no_face"].as_array() {
         for n in list {

@@ -59,6 +59,13 @@ impl ModelArgs {
     }
 }
 
+/// Verify and load the three passive anti-spoof models (default fusion settings).
+pub fn load_passive(models: &ModelArgs) -> anyhow::Result<facegate::liveness::PassiveAntiSpoof> {
+    let dir = models::resolve_models_dir(models.models.as_deref());
+    facegate::liveness::PassiveAntiSpoof::load(&Manifest::embedded(), &dir, Default::default())
+        .with_context(|| format!("loading anti-spoof models from {}", dir.display()))
+}
+
 /// Decode an image file; an unreadable or corrupt file is bad input (exit 2).
 pub fn open_image(path: &std::path::Path) -> anyhow::Result<Frame> {
     Frame::open(path).map_err(|e| bad_input(e.to_string()))
