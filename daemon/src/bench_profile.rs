@@ -42,6 +42,21 @@ pub struct ModelProfile {
     pub ops: Vec<OpTime>,
     /// The most expensive single nodes (name, op, median ms), at most ten.
     pub top_nodes: Vec<(String, String, f64)>,
+    /// With `--vs-stock`: the same network planned with tract's own operators only, timed
+    /// alternately with ours, so what [`crate::tract_ops`] buys is measured side by side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_stock: Option<VsStock>,
+}
+
+/// Whole-run medians of our lowering and tract's stock lowering of one network, interleaved.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct VsStock {
+    /// Median ms with [`crate::models::Lowering::Facegate`] (what the daemon runs).
+    pub facegate_ms: f64,
+    /// Median ms with [`crate::models::Lowering::TractStock`].
+    pub stock_ms: f64,
+    /// `facegate_ms / stock_ms` (< 1: ours is faster).
+    pub ratio: f64,
 }
 
 impl std::fmt::Display for ModelProfile {
@@ -72,6 +87,13 @@ impl std::fmt::Display for ModelProfile {
         for (name, op, ms) in &self.top_nodes {
             writeln!(f, "    {ms:>8.3} ms  {op:<20} {name}")?;
         }
+        if let Some(v) = &self.vs_stock {
+            writeln!(
+                f,
+                "  vs tract's own operators, interleaved: ours {:.2} ms, tract stock {:.2} ms, ratio {:.2}",
+                v.facegate_ms, v.stock_ms, v.ratio
+            )?;
+        }
         Ok(())
     }
 }
@@ -96,12 +118,8 @@ pub fn profile(
     shape: &[usize],
     runs: usize,
 ) -> TractResult<ModelProfile> {
-    use rand::{Rng, SeedableRng};
     let runs = runs.max(1);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n).map(|_| rng.random_range(0.0..255.0)).collect();
-    let input: TValue = Tensor::from_shape(shape, &data)?.into();
+    let input = fixed_input(shape)?;
     let mut state = plan.spawn()?;
     for _ in 0..3 {
         state.run(tvec![input.clone()])?;
@@ -171,5 +189,46 @@ pub fn profile(
         nodes_median_ms: median(&mut sums),
         ops,
         top_nodes: nodes,
+        vs_stock: None,
+    })
+}
+
+/// Values 0..255 from a fixed seed: every profile of a shape sees the same input.
+fn fixed_input(shape: &[usize]) -> TractResult<TValue> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n).map(|_| rng.random_range(0.0..255.0)).collect();
+    Ok(Tensor::from_shape(shape, &data)?.into())
+}
+
+/// Median whole-run times of `ours` and `stock` (two plans of one network) on the same input,
+/// one run of each per round after warm-up, so both see the same machine at the same moment.
+pub fn vs_stock(
+    ours: &Arc<TypedRunnableModel>,
+    stock: &Arc<TypedRunnableModel>,
+    shape: &[usize],
+    runs: usize,
+) -> TractResult<VsStock> {
+    let input = fixed_input(shape)?;
+    let (mut a, mut b) = (ours.spawn()?, stock.spawn()?);
+    for _ in 0..3 {
+        a.run(tvec![input.clone()])?;
+        b.run(tvec![input.clone()])?;
+    }
+    let (mut ta, mut tb) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        a.run(tvec![input.clone()])?;
+        ta.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        b.run(tvec![input.clone()])?;
+        tb.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (facegate_ms, stock_ms) = (median(&mut ta), median(&mut tb));
+    Ok(VsStock {
+        facegate_ms,
+        stock_ms,
+        ratio: facegate_ms / stock_ms.max(1e-9),
     })
 }

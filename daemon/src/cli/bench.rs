@@ -49,6 +49,9 @@ pub enum BenchCmd {
         /// Inference threads for tract's matrix products.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Also time each network planned with tract's own operators only, alternating with ours.
+        #[arg(long)]
+        vs_stock: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -114,9 +117,10 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             runs,
             detector_input,
             threads,
+            vs_stock,
             json,
             models,
-        } => profile(ids, runs, &detector_input, threads, json, models),
+        } => profile(ids, runs, &detector_input, threads, vs_stock, json, models),
         BenchCmd::Match(a) => super::bench_match::run(a),
         BenchCmd::Pad(a) => super::bench_pad::run(a),
         BenchCmd::E2e(a) => super::bench_e2e::run(a),
@@ -130,10 +134,11 @@ fn profile(
     runs: usize,
     detector_input: &str,
     threads: usize,
+    vs_stock: bool,
     json: bool,
     models: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    use facegate::models::{self, Manifest, Role};
+    use facegate::models::{self, Lowering, Manifest, Role};
     let (w, h) = detector_input
         .split_once('x')
         .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
@@ -185,8 +190,16 @@ fn profile(
         };
         let loaded = models::load_model(entry, &dir, &shape)
             .with_context(|| format!("loading {id} from {}", dir.display()))?;
-        let p = facegate::bench_profile::profile(id, &loaded.plan, &shape, runs)
+        let mut p = facegate::bench_profile::profile(id, &loaded.plan, &shape, runs)
             .map_err(|e| anyhow::anyhow!("profiling {id}: {e:#}"))?;
+        if vs_stock {
+            let bytes = models::read_verified(entry, &dir)?;
+            let stock = models::plan_for_shape_with(entry, &bytes, &shape, Lowering::TractStock)?;
+            p.vs_stock = Some(
+                facegate::bench_profile::vs_stock(&loaded.plan, &stock, &shape, runs)
+                    .map_err(|e| anyhow::anyhow!("timing {id} against tract stock: {e:#}"))?,
+            );
+        }
         if !json {
             print!("{p}");
         }

@@ -560,6 +560,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "theirs": ready.get("versions"),
         },
         "detector": cfg.detector.model,
+        "detect_side": cfg.detector.detect_side,
         "images": timed_images,
         "rounds": args.rounds,
         "queries": args.queries,
@@ -624,9 +625,10 @@ fn print_table(r: &Value) {
     );
     let tv = &r["versions"]["theirs"];
     println!(
-        "ours:   facegate {} (tract), detector {}",
+        "ours:   facegate {} (tract), detector {} at long side <= {} (theirs: the working frame, <= 640)",
         s(&r["versions"]["facegate"]),
         s(&r["detector"]),
+        s(&r["detect_side"]),
     );
     println!(
         "theirs: OpenCV {} + onnxruntime {} + FAISS {} (Python {})",
