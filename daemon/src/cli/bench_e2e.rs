@@ -48,8 +48,9 @@ struct ProcessFigures {
     templates: usize,
     ready_ms: Vec<f64>,
     ready_median_ms: f64,
-    peak_rss_mb: f64,
-    rss_mb: f64,
+    /// MiB (`/proc` reports KiB; 1 MiB = 1.048576 MB), as `bench compare` reports memory.
+    peak_rss_mib: f64,
+    rss_mib: f64,
 }
 
 fn status_kb(pid: u32, key: &str) -> Option<f64> {
@@ -159,8 +160,8 @@ fn process_figures(args: &Args, probe: &std::path::Path) -> anyhow::Result<Proce
         templates: args.templates,
         ready_median_ms: sorted[sorted.len() / 2],
         ready_ms: ready,
-        peak_rss_mb: peak,
-        rss_mb: rss,
+        peak_rss_mib: peak,
+        rss_mib: rss,
     })
 }
 
@@ -203,7 +204,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         e2e.sustained_fps, e2e.dropped_per_analysed
     );
     println!(
-        "  `facegate run`, {} templates: cold start to READY=1 median {:.0} ms over {:?}; peak RSS {:.1} MB (VmHWM), RSS {:.1} MB",
+        "  `facegate run`, {} templates: cold start to READY=1 median {:.0} ms over {:?}; peak RSS {:.1} MiB (VmHWM), RSS {:.1} MiB",
         proc_figures.templates,
         proc_figures.ready_median_ms,
         proc_figures
@@ -211,8 +212,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|m| m.round())
             .collect::<Vec<_>>(),
-        proc_figures.peak_rss_mb,
-        proc_figures.rss_mb
+        proc_figures.peak_rss_mib,
+        proc_figures.rss_mib
     );
     Ok(())
 }
