@@ -8,7 +8,8 @@
 //! larger than the model's nominal input (640×640, 320×320; `max_side` for the dynamic export),
 //! or than `detect_side` (default 640, the reference protocol; 320 trades landmark precision for
 //! a 4× cheaper detection), are first scaled down (OpenCV `INTER_LINEAR`, bit-exact), never up;
-//! coordinates map back by one division, so callers always get working-frame coordinates. Decoding follows `FaceDetectorYN`: score = sqrt(cls × obj), threshold, greedy NMS.
+//! coordinates map back by one division, so callers always get working-frame coordinates.
+//! Decoding follows `FaceDetectorYN`: score = sqrt(cls × obj), threshold, greedy NMS.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -216,7 +217,7 @@ impl Detector {
         };
         // Plan the nominal size now: a corrupt or unsupported file fails at start-up, not on the
         // first face, and the common camera geometry is ready.
-        d.plan((max_input.0.div_ceil(32) * 32, max_input.1.div_ceil(32) * 32))?;
+        d.plan(padded_input(max_input.0, max_input.1))?;
         models::release_freed_memory();
         Ok(Self {
             load_time: start.elapsed(),
@@ -255,22 +256,18 @@ impl Detector {
     /// Detect faces, strongest first, in `frame` coordinates.
     pub fn detect(&self, frame: &Frame) -> Result<Vec<Face>, DetectError> {
         let (w, h) = (frame.width() as usize, frame.height() as usize);
-        let (mw, mh) = self.max_input;
-        let scale = (mw as f64 / w as f64).min(mh as f64 / h as f64).min(1.0);
         // Downscale only (OpenCV grid, bit-exact), then pad to a multiple of 32.
         let resized;
-        let (src, sx, sy) = if scale < 1.0 {
-            let rw = ((w as f64 * scale).round() as u32).clamp(1, mw as u32);
-            let rh = ((h as f64 * scale).round() as u32).clamp(1, mh as u32);
-            resized = frame
-                .resize_linear(rw, rh)
-                .map_err(|e| DetectError::Frame(e.to_string()))?;
-            (&resized, rw as f32 / w as f32, rh as f32 / h as f32)
-        } else {
-            (frame, 1.0, 1.0)
+        let (src, sx, sy) = match scaled_size(self.max_input, w, h) {
+            Some((rw, rh)) => {
+                resized = frame
+                    .resize_linear(rw as u32, rh as u32)
+                    .map_err(|e| DetectError::Frame(e.to_string()))?;
+                (&resized, rw as f32 / w as f32, rh as f32 / h as f32)
+            }
+            None => (frame, 1.0, 1.0),
         };
-        let in_w = (src.width() as usize).div_ceil(32) * 32;
-        let in_h = (src.height() as usize).div_ceil(32) * 32;
+        let (in_w, in_h) = padded_input(src.width() as usize, src.height() as usize);
         let plan = self.plan((in_w, in_h))?;
         let input = bgr_tensor(src, in_w, in_h);
         let outputs = plan
@@ -284,6 +281,24 @@ impl Detector {
             .map(|f| f.scaled(1.0 / sx, 1.0 / sy))
             .collect())
     }
+}
+
+/// The size a `w`×`h` frame is scaled down to so it fits `max_input` (aspect kept, each side at
+/// least 1), or `None` when it already fits: frames are never scaled up.
+pub fn scaled_size(max_input: (usize, usize), w: usize, h: usize) -> Option<(usize, usize)> {
+    let (mw, mh) = max_input;
+    let scale = (mw as f64 / w as f64).min(mh as f64 / h as f64);
+    (scale < 1.0).then(|| {
+        (
+            ((w as f64 * scale).round() as usize).clamp(1, mw),
+            ((h as f64 * scale).round() as usize).clamp(1, mh),
+        )
+    })
+}
+
+/// The network input for a `w`×`h` image: zero-padded bottom/right to multiples of 32.
+pub fn padded_input(w: usize, h: usize) -> (usize, usize) {
+    (w.div_ceil(32) * 32, h.div_ceil(32) * 32)
 }
 
 /// NCHW f32 tensor, BGR order, raw 0-255, frame in the top-left corner, zero padding elsewhere.

@@ -576,7 +576,7 @@ pub fn f32_output(v: &TValue) -> Result<&[f32], String> {
 /// Parse verified ONNX bytes into an inference model, folding constant block-quantized
 /// `DequantizeLinear` nodes first (see [`crate::onnx_fold`]).
 pub fn parse_onnx(entry: &ModelEntry, bytes: &[u8]) -> Result<InferenceModel, ModelError> {
-    model_from_proto(entry, parse_proto(entry, bytes)?)
+    model_from_proto(entry, parse_proto(entry, bytes)?, Lowering::Facegate)
 }
 
 /// How ONNX operators become tract operators.
@@ -618,13 +618,14 @@ fn parse_proto(entry: &ModelEntry, bytes: &[u8]) -> Result<tract_onnx::pb::Model
 fn model_from_proto(
     entry: &ModelEntry,
     mut proto: tract_onnx::pb::ModelProto,
+    lowering: Lowering,
 ) -> Result<InferenceModel, ModelError> {
     let rt = |why: String| ModelError::Runtime {
         file: entry.file.clone(),
         why,
     };
     crate::onnx_fold::fold_constant_dequantize(&mut proto).map_err(|e| rt(e.to_string()))?;
-    let model = onnx_loader()
+    let model = onnx_loader_with(lowering)
         .model_for_proto_model(&proto)
         .map_err(|e| rt(format!("{e:#}")));
     drop(proto);
@@ -643,7 +644,11 @@ pub fn load_model(
     // The file's bytes are not needed once parsed: free them before the weights are unfolded.
     let proto = parse_proto(entry, &bytes)?;
     drop(bytes);
-    let plan = optimise(entry, model_from_proto(entry, proto)?, input_shape)?;
+    let plan = optimise(
+        entry,
+        model_from_proto(entry, proto, Lowering::Facegate)?,
+        input_shape,
+    )?;
     release_freed_memory();
     Ok(LoadedModel {
         entry: entry.clone(),
@@ -670,18 +675,7 @@ pub fn plan_for_shape_with(
     input_shape: &[usize],
     lowering: Lowering,
 ) -> Result<Arc<TypedRunnableModel>, ModelError> {
-    let mut proto = parse_proto(entry, bytes)?;
-    crate::onnx_fold::fold_constant_dequantize(&mut proto).map_err(|e| ModelError::Runtime {
-        file: entry.file.clone(),
-        why: e.to_string(),
-    })?;
-    let model = onnx_loader_with(lowering)
-        .model_for_proto_model(&proto)
-        .map_err(|e| ModelError::Runtime {
-            file: entry.file.clone(),
-            why: format!("{e:#}"),
-        })?;
-    drop(proto);
+    let model = model_from_proto(entry, parse_proto(entry, bytes)?, lowering)?;
     optimise(entry, model, input_shape)
 }
 

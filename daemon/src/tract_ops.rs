@@ -13,8 +13,10 @@
 //!   [`MaxPool2x2`] folds the same four taps in the same order with the same `max`. Every other
 //!   pool goes to tract's own implementation.
 //!
-//! Outputs are bit-identical to tract's (unit tests compare both on signs, zeros, NaN, odd sizes
-//! and broadcast shapes; the golden tests compare whole networks with the reference).
+//! Outputs are bit-identical to tract's: unit tests compare [`Prelu`] with the expansion on
+//! signs, zeros, NaN and broadcast shapes, and the golden test
+//! `faster_operators_and_thread_counts_change_no_bit` compares all six networks planned with
+//! and without these operators.
 
 use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
@@ -264,9 +266,14 @@ impl Op for Prelu {
 #[inline]
 fn prelu_run(xs: &mut [f32], s: f32) {
     for v in xs {
-        let x = *v;
-        *v = if 0.0 > x { x * s } else { x };
+        *v = prelu(*v, s);
     }
+}
+
+/// The element expression of tract's PRelu expansion.
+#[inline]
+fn prelu(x: f32, s: f32) -> f32 {
+    if 0.0 > x { x * s } else { x }
 }
 
 /// If `slope` (right-aligned against `x_shape`) has extent 1 on every axis but possibly axis 1,
@@ -320,10 +327,7 @@ impl EvalOp for Prelu {
                 })?;
                 tract_ndarray::Zip::from(&mut xv)
                     .and(&sb)
-                    .for_each(|v, &s| {
-                        let x = *v;
-                        *v = if 0.0 > x { x * s } else { x };
-                    });
+                    .for_each(|v, &s| *v = prelu(*v, s));
             }
         }
         Ok(tvec!(x.into_tvalue()))

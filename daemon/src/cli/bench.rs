@@ -85,15 +85,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                     dir.display()
                 )));
             }
-            let threads = if threads.is_empty() {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                if cores > 1 { vec![1, cores] } else { vec![1] }
-            } else {
-                threads
-            };
-            if threads.contains(&0) {
-                return Err(bad_input("--threads: every count must be at least 1"));
-            }
+            let threads = super::common::bench_thread_counts(&threads)?;
             let vision = models.load_vision()?;
             let passive = super::common::load_passive(&models)?;
             let mut reports = Vec::new();
@@ -138,6 +130,7 @@ fn profile(
     json: bool,
     models: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    use facegate::detect;
     use facegate::models::{self, Lowering, Manifest, Role};
     let (w, h) = detector_input
         .split_once('x')
@@ -169,17 +162,10 @@ fn profile(
         let entry = manifest.get(id).map_err(|e| bad_input(e.to_string()))?;
         let shape = match entry.role {
             Role::Detector => {
-                let (mw, mh) = entry.fixed_input().unwrap_or((w, h));
-                let (sw, sh) = if w > mw || h > mh {
-                    let s = (mw as f64 / w as f64).min(mh as f64 / h as f64);
-                    (
-                        (w as f64 * s).round() as usize,
-                        (h as f64 * s).round() as usize,
-                    )
-                } else {
-                    (w, h)
-                };
-                vec![1, 3, sh.div_ceil(32) * 32, sw.div_ceil(32) * 32]
+                let max_input = entry.fixed_input().unwrap_or((w, h));
+                let (sw, sh) = detect::scaled_size(max_input, w, h).unwrap_or((w, h));
+                let (iw, ih) = detect::padded_input(sw, sh);
+                vec![1, 3, ih, iw]
             }
             _ => {
                 let (iw, ih) = entry

@@ -348,15 +348,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let p = params(vision.threshold());
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut threads = if args.threads.is_empty() {
-        vec![1, cores]
-    } else {
-        args.threads.clone()
-    };
-    threads.dedup();
-    if threads.iter().any(|&t| t == 0 || t > 64) {
-        return Err(bad_input("--threads: every count must be in 1..=64"));
-    }
+    let threads = super::common::bench_thread_counts(&args.threads)?;
 
     let mut cmd = Command::new(&python);
     cmd.arg(&script)

@@ -59,6 +59,24 @@ impl ModelArgs {
     }
 }
 
+/// Inference thread counts a benchmark times: `requested` (each in 1..=64, as the
+/// configuration allows; repeats in a row dropped), or by default 1 and the number of cores.
+pub fn bench_thread_counts(requested: &[usize]) -> anyhow::Result<Vec<usize>> {
+    let mut counts = if requested.is_empty() {
+        vec![
+            1,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ]
+    } else {
+        requested.to_vec()
+    };
+    counts.dedup();
+    if counts.iter().any(|&t| t == 0 || t > 64) {
+        return Err(bad_input("--threads: every count must be in 1..=64"));
+    }
+    Ok(counts)
+}
+
 /// Verify and load the three passive anti-spoof models (default fusion settings).
 pub fn load_passive(models: &ModelArgs) -> anyhow::Result<facegate::liveness::PassiveAntiSpoof> {
     let dir = models::resolve_models_dir(models.models.as_deref());

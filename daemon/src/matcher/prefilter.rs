@@ -23,7 +23,7 @@
 //! Elsewhere the portable kernel is no faster than the `f32` scan, so the matcher builds no
 //! prefilter at all.
 
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use crate::store::EMBEDDING_DIM;
 
@@ -222,12 +222,12 @@ impl Prefilter {
         ranges: &[(usize, usize)],
         skip: Option<usize>,
     ) -> Vec<usize> {
-        let mut codes = Zeroizing::new([0i8; DIM]);
-        let (q_scale, q_err) = quantise(q, QUERY_CODE_MAX, codes.as_mut_slice(), |x| x as i8);
-        let query = Query {
-            codes: *codes,
-            offset: codes.map(|c| (i32::from(c) + QUERY_OFFSET) as u8),
+        let mut query = Query {
+            codes: [0; DIM],
+            offset: [0; DIM],
         };
+        let (q_scale, q_err) = quantise(q, QUERY_CODE_MAX, &mut query.codes, |x| x as i8);
+        query.offset = query.codes.map(|c| (i32::from(c) + QUERY_OFFSET) as u8);
         let bound = q_err + self.err_max + self.err_max * q_err + BOUND_SLACK;
         // A person qualifies when their upper bound reaches the second-highest lower bound, in
         // units of the query scale: a_p·s + B ≥ a2·s − B, i.e. some row has a ≥ a2 − 2B/s.
